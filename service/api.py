@@ -1,0 +1,156 @@
+"""The LitAPI: what one inference worker does with a batch (load, warm up, run, monitor).
+
+Runs in a spawned worker process. The model is called only as ``self.model(x)`` — through
+``nn.Module.__call__`` — so the monitor's forward hooks see every pass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import litserve as ls
+import numpy as np
+import torch
+
+from models.base import ServableModel
+from service.admission import DrainSwitch
+from service.batching import InstanceBatchingLoop, WorkItem
+from service.config import ModelServeConfig
+from service.model_loading import load_served_model
+from service.monitoring.metrics import MODEL_FORWARD, MODEL_INFO, PRECISION_AGREEMENT
+from service.runtime import (
+    StartupError,
+    calibration_batch,
+    check_precision,
+    compare_with_fp32,
+    precision_report_dict,
+    resolve_device,
+    serving_mode,
+    synchronize,
+    warm_up,
+    write_status,
+)
+from service.schemas import encode_predictions
+from service.spec import PredictSpec
+
+logger = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, list[int]]
+
+
+class ModelAPI(ls.LitAPI):
+    """One served model. Its HTTP side is :class:`~service.spec.PredictSpec`."""
+
+    def __init__(self, config: ModelServeConfig, spec: PredictSpec, drain: DrainSwitch) -> None:
+        super().__init__(
+            max_batch_size=config.max_batch_size,
+            batch_timeout=config.batch_timeout_ms / 1000.0,
+            spec=spec,
+            loop=InstanceBatchingLoop(),
+        )
+        self.config = config
+        self.model_name = config.name
+        self.model: ServableModel | None = None
+        self.monitor: Any = None
+        self.drain = drain
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["drain"] = None  # API-server state; the worker never needs it
+        return state
+
+    def health(self) -> bool:
+        """Called by LitServe's /health in the API server: not ready once a drain has started."""
+        return not self.drain.draining
+
+    # --- start-up (in the worker) -----------------------------------------------------------------
+    def setup(self, device: str) -> None:
+        # Ctrl-C reaches the whole process group; the main process coordinates a drain, so workers
+        # must keep serving in-flight requests instead of dying on SIGINT.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        cfg = self.config
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
+        self.torch_device = resolve_device(cfg.device)
+        check_precision(self.torch_device, cfg.precision)
+        model, card = load_served_model(cfg)
+        self.model = model.to(self.torch_device).eval()
+        report = None
+        if cfg.precision != "fp32":
+            report = compare_with_fp32(
+                self.model, calibration_batch(self.model, card.dataset), self.torch_device, cfg.precision
+            )
+            logger.info(
+                "%s %s vs fp32: top-1 agreement %.4f, max |diff| %.3g on %d instances",
+                cfg.name, cfg.precision, report.top1_agreement, report.max_abs_diff, report.calibration_instances,
+            )
+            if report.top1_agreement < cfg.min_precision_agreement:
+                raise StartupError(
+                    f"{cfg.name}: {cfg.precision} agrees with fp32 on only {report.top1_agreement:.4f} of "
+                    f"calibration instances (< min_precision_agreement {cfg.min_precision_agreement})"
+                )
+        self.monitor = self._attach_monitor()
+        warm_seconds = warm_up(self.model, self.torch_device, cfg.precision, cfg.max_batch_size)
+        PRECISION_AGREEMENT.labels(cfg.name).set(report.top1_agreement if report else 1.0)
+        MODEL_INFO.labels(cfg.name, cfg.version, str(self.torch_device), cfg.precision).set(1)
+        write_status(
+            cfg.name,
+            int(os.environ.get("LITSERVE_WORKER_ID", "0")),
+            {
+                "pid": os.getpid(),
+                "device": str(self.torch_device),
+                "precision": cfg.precision,
+                "torch_threads": torch.get_num_threads(),
+                "warmup_seconds": round(warm_seconds, 4),
+                "precision_check": precision_report_dict(report) if report else None,
+                "monitored_modules": self.monitor.module_names if self.monitor else [],
+            },
+        )
+        logger.info("%s ready on %s (%s), warm-up %.2fs", cfg.name, self.torch_device, cfg.precision, warm_seconds)
+
+    def _attach_monitor(self) -> Any:
+        if not self.config.monitoring.enabled:
+            return None
+        from service.monitoring.monitor import ModelMonitor
+
+        monitor = ModelMonitor(self.model, self.model_name, self.config.monitoring, self.torch_device)
+        monitor.attach()
+        return monitor
+
+    # --- the LitAPI lifecycle, per batch ------------------------------------------------------------
+    def decode_request(self, request: WorkItem, **kwargs: Any) -> torch.Tensor:
+        return torch.from_numpy(request.instances)
+
+    def batch(self, inputs: list[torch.Tensor]) -> Batch:
+        sizes = [int(t.shape[0]) for t in inputs]
+        x = inputs[0] if len(inputs) == 1 else torch.cat(inputs)
+        return x, sizes
+
+    def predict(self, batch: Batch, **kwargs: Any) -> tuple[np.ndarray, list[int]]:
+        x, sizes = batch
+        x = x.to(self.torch_device, non_blocking=True)
+        start = time.perf_counter()
+        if self.monitor is not None:
+            with self.monitor.observe_batch(), serving_mode(self.model, self.torch_device, self.config.precision):
+                probabilities = self.model(x)
+        else:
+            with serving_mode(self.model, self.torch_device, self.config.precision):
+                probabilities = self.model(x)
+        result = probabilities.float().cpu().numpy()  # the copy to host synchronizes the device
+        synchronize(self.torch_device)
+        MODEL_FORWARD.labels(self.model_name).observe(time.perf_counter() - start)
+        return result, sizes
+
+    def unbatch(self, output: tuple[np.ndarray, list[int]]) -> list[np.ndarray]:
+        probabilities, sizes = output
+        return np.split(probabilities, np.cumsum(sizes)[:-1])
+
+    def encode_response(self, output: np.ndarray, **kwargs: Any) -> bytes:
+        # JSON is built here, in the worker, so the API server only frames it: one bytes object
+        # crosses the process boundary instead of a tree of Python floats.
+        return json.dumps(encode_predictions(output, self.model.output_spec), separators=(",", ":")).encode()

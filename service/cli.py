@@ -1,0 +1,102 @@
+"""``hookserve`` command line: serve, list models, check a config.
+
+Heavy imports happen inside the commands: ``PROMETHEUS_MULTIPROC_DIR`` must be set before
+prometheus_client is first imported, and ``hookserve --help`` should not load torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+logger = logging.getLogger("hookserve")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from service.lifecycle import kill_children, prepare_runtime_dirs, remove_runtime_dirs
+
+    from service.config import load_config
+
+    try:
+        config = load_config(args.config)
+    except (ValueError, OSError) as exc:
+        print(f"invalid config {args.config}:\n{exc}", file=sys.stderr)
+        return 2
+    runtime_root = prepare_runtime_dirs()
+    server_cfg = config.server
+    host = args.host or server_cfg.host
+    port = args.port or server_cfg.port
+    logging.basicConfig(level=server_cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        from service.app import build_server
+        from service.lifecycle import GracefulShutdown
+
+        server, drain, gates = build_server(config)
+        shutdown = GracefulShutdown(drain, gates, server_cfg.shutdown_grace_s, stop=lambda: server._shutdown_event.set())
+        shutdown.install()
+        names = ", ".join(m.name for m in config.models)
+        logger.info("serving %s on http://%s:%d (metrics at /metrics, docs at /docs)", names, host, port)
+        server.run(
+            host=host,
+            port=port,
+            num_api_servers=server_cfg.api_servers,
+            log_level=server_cfg.log_level,
+            generate_client_file=False,
+        )
+        return 0
+    except Exception as exc:  # start-up failures: say what, never leave children behind
+        logger.error("hookserve stopped: %s", exc, exc_info=server_cfg.log_level == "debug")
+        return 1
+    finally:
+        kill_children()
+        remove_runtime_dirs(runtime_root)
+
+
+def _models(args: argparse.Namespace) -> int:
+    from models.registry import get_card, list_models
+
+    for name in list_models():
+        card = get_card(name)
+        print(f"{name:20s} {card.task:16s} dataset={card.dataset}{'  (synthetic weights)' if card.synthetic_weights else ''}")
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from service.config import load_config
+
+    try:
+        config = load_config(args.config)
+    except (ValueError, OSError) as exc:
+        print(f"invalid config {args.config}:\n{exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(config.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hookserve", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve the models of a config over HTTP")
+    serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    serve.add_argument("--host", choices=["127.0.0.1", "0.0.0.0", "::"], default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.set_defaults(run=_serve)
+    models = commands.add_parser("models", help="list the registered models")
+    models.set_defaults(run=_models)
+    check = commands.add_parser("check-config", help="validate a config and print it with defaults filled in")
+    check.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    check.set_defaults(run=_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

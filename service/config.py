@@ -1,0 +1,159 @@
+"""Service configuration: YAML validated by pydantic, with environment overrides.
+
+Configuration is data, validated once at the edge (unknown keys are errors); the rest of the service
+trusts it. Environment variables override YAML: ``HOOKSERVE_SERVER__PORT=9000`` sets ``server.port``;
+``HOOKSERVE_MODELS__0__PRECISION=bf16`` sets the first model's precision. Values are parsed as YAML
+scalars, so ``true``, ``3`` and ``0.5`` get their natural types.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from service.monitoring.config import MonitorConfig
+
+ENV_PREFIX = "HOOKSERVE_"
+Precision = Literal["fp32", "bf16", "fp16"]
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AuthConfig(_Strict):
+    """Optional bearer-token auth; the key itself comes from the environment, never from YAML.
+
+    ``/health`` always stays open: orchestrators probe it without secrets.
+    """
+
+    api_key_env: str | None = Field(
+        default=None, description="Environment variable holding the API key; unset or empty disables auth."
+    )
+    protect_metrics: bool = Field(default=False, description="Require the key for /metrics too.")
+
+    def api_key(self) -> str | None:
+        if not self.api_key_env:
+            return None
+        return os.environ.get(self.api_key_env) or None
+
+
+class ServerConfig(_Strict):
+    host: Literal["127.0.0.1", "0.0.0.0", "::"] = "127.0.0.1"
+    port: int = Field(default=8000, ge=1024, le=65535)
+    api_servers: int = Field(default=1, ge=1, le=64, description="uvicorn API-server processes.")
+    request_timeout_s: float = Field(
+        default=10.0, gt=0, description="Deadline for a whole request (queue + run); past it: 504."
+    )
+    max_payload_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
+    shutdown_grace_s: float = Field(
+        default=20.0, gt=0, description="On SIGTERM/SIGINT, how long in-flight requests may take to finish."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    auth: AuthConfig = AuthConfig()
+
+
+class ModelServeConfig(_Strict):
+    """How one model is served."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="Public name, used in URLs and labels.")
+    source: str | None = Field(
+        default=None, description="Registry name or 'package.module:factory'; defaults to name."
+    )
+    checkpoint: Path | None = Field(default=None, description="Weights file; default: the shipped checkpoint.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Keyword overrides for the factory.")
+    version: str = "1"
+    device: str = Field(default="cpu", description="auto, cpu, cuda or cuda:N.")
+    precision: Precision = "fp32"
+    workers: int = Field(default=1, ge=1, le=16, description="Inference worker processes for this model.")
+    max_batch_size: int = Field(default=64, ge=1, description="Instances per forward pass.")
+    batch_timeout_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=1000,
+        description="Extra wait for more instances once a batch has started; 0 = take what is queued.",
+    )
+    max_instances_per_request: int = Field(default=64, ge=1)
+    max_queued_requests: int = Field(
+        default=512, ge=1, description="Admitted-but-unanswered requests before new ones get 503."
+    )
+    min_precision_agreement: float = Field(
+        default=0.99, ge=0, le=1, description="Top-1 agreement with fp32 required at start-up (bf16/fp16)."
+    )
+    torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads per worker.")
+    monitoring: MonitorConfig = MonitorConfig()
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not _DEVICE_PATTERN.match(value):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @property
+    def model_source(self) -> str:
+        return self.source or self.name
+
+    @property
+    def route(self) -> str:
+        return f"/v1/models/{self.name}:predict"
+
+
+class HookserveConfig(_Strict):
+    server: ServerConfig = ServerConfig()
+    models: list[ModelServeConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> HookserveConfig:
+        names = [m.name for m in self.models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"model names must be unique; repeated: {duplicates}")
+        return self
+
+    def model(self, name: str) -> ModelServeConfig:
+        return next(m for m in self.models if m.name == name)
+
+
+def _set_path(tree: Any, path: list[str], value: Any) -> None:
+    key, rest = path[0], path[1:]
+    if isinstance(tree, list):
+        index = int(key)
+        if not rest:
+            tree[index] = value
+            return
+        _set_path(tree[index], rest, value)
+        return
+    if not rest:
+        tree[key] = value
+        return
+    _set_path(tree.setdefault(key, {}), rest, value)
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Apply ``HOOKSERVE_A__B__C=value`` variables onto the raw config tree."""
+    for name, text in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        try:
+            _set_path(raw, path, yaml.safe_load(text))
+        except (IndexError, ValueError, TypeError, AttributeError) as exc:
+            raise ValueError(f"environment override {name} does not fit the config: {exc}") from exc
+    return raw
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> HookserveConfig:
+    """Read, override from the environment, and validate a config file."""
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: the top level must be a mapping")
+    raw = apply_env_overrides(raw, os.environ if environ is None else environ)
+    return HookserveConfig.model_validate(raw)

@@ -1,0 +1,142 @@
+"""Every Prometheus metric hookserve exports, in one place (names fixed by ../shared/DESIGN.md §2).
+
+This module only *declares* metrics; what is measured lives in ``hooks.py``/``stats.py`` and the request
+path. LitServe runs API servers and inference workers in separate processes, so metrics work in
+prometheus-client's multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` must be set (see
+:func:`service.runtime.prepare_metrics_dir`) before this module is imported, and ``/metrics`` renders a
+:class:`MultiProcessCollector` over every process's files. Gauges therefore declare a
+``multiprocess_mode``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+# Request latency spans sub-millisecond (tiny models, batch 1) to seconds (large models under load).
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+# Per-module latencies are smaller and there are many modules: fewer, finer buckets bound the series count.
+MODULE_BUCKETS = (0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+REQUESTS = Counter(
+    "hookserve_requests_total", "Prediction requests answered, by HTTP status code.", ["model", "code"]
+)
+REQUEST_DURATION = Histogram(
+    "hookserve_request_duration_seconds",
+    "Time from a prediction request reaching the API server to its response, in seconds.",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+QUEUE_WAIT = Histogram(
+    "hookserve_queue_wait_seconds",
+    "Time a request waited between the API server and the start of its batch, in seconds.",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "hookserve_batch_size", "Instances per forward pass (after dynamic batching).", ["model"], buckets=BATCH_BUCKETS
+)
+INFLIGHT = Gauge(
+    "hookserve_inflight_requests",
+    "Prediction requests admitted and not yet answered (queued or running).",
+    ["model"],
+    multiprocess_mode="livesum",
+)
+MODEL_FORWARD = Histogram(
+    "hookserve_model_forward_seconds",
+    "Wall time of one batched model(x) call, device-synchronized, in seconds.",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+REJECTED = Counter(
+    "hookserve_rejected_requests_total",
+    "Requests refused before reaching a worker, by reason (overload, draining).",
+    ["model", "reason"],
+)
+MODEL_INFO = Gauge(
+    "hookserve_model_info",
+    "Constant 1 per served model; labels carry version, device and precision.",
+    ["model", "version", "device", "precision"],
+    multiprocess_mode="max",
+)
+PRECISION_AGREEMENT = Gauge(
+    "hookserve_precision_top1_agreement",
+    "Top-1 agreement of the served precision with fp32 on the calibration batch at start-up (1.0 for fp32).",
+    ["model"],
+    multiprocess_mode="max",
+)
+
+# --- model internals, recorded by forward hooks -------------------------------------------------------
+MODULE_FORWARD = Histogram(
+    "hookserve_module_forward_seconds",
+    "Forward time of one monitored module for one batch, in seconds.",
+    ["model", "module"],
+    buckets=MODULE_BUCKETS,
+)
+ACTIVATION_MEAN = Gauge(
+    "hookserve_activation_mean", "Mean of a module's output (last sampled batch).", ["model", "module"],
+    multiprocess_mode="mostrecent",
+)
+ACTIVATION_STD = Gauge(
+    "hookserve_activation_std", "Standard deviation of a module's output (last sampled batch).", ["model", "module"],
+    multiprocess_mode="mostrecent",
+)
+ACTIVATION_MIN = Gauge(
+    "hookserve_activation_min", "Minimum of a module's output (last sampled batch).", ["model", "module"],
+    multiprocess_mode="mostrecent",
+)
+ACTIVATION_MAX = Gauge(
+    "hookserve_activation_max", "Maximum of a module's output (last sampled batch).", ["model", "module"],
+    multiprocess_mode="mostrecent",
+)
+ACTIVATION_ZERO_FRACTION = Gauge(
+    "hookserve_activation_zero_fraction",
+    "Fraction of exact zeros in a module's output (last sampled batch).",
+    ["model", "module"],
+    multiprocess_mode="mostrecent",
+)
+ACTIVATION_NONFINITE = Counter(
+    "hookserve_activation_nonfinite_total",
+    "NaN or infinite values seen in a module's output.",
+    ["model", "module"],
+)
+ACTIVATION_DRIFT_PSI = Gauge(
+    "hookserve_activation_drift_psi",
+    "Population stability index of a module's output over the rolling window vs the calibration reference.",
+    ["model", "module"],
+    multiprocess_mode="mostrecent",
+)
+FORWARD_BYPASS = Counter(
+    "hookserve_forward_bypass_total",
+    "Monitored modules whose forward ran without their hooks (called as .forward(), not __call__).",
+    ["model"],
+)
+TRAINING_MODE_RESETS = Counter(
+    "hookserve_training_mode_resets_total",
+    "Modules found in training mode at serve time and put back in eval.",
+    ["model"],
+)
+MONITOR_OVERHEAD = Counter(
+    "hookserve_monitor_overhead_seconds_total",
+    "Time spent inside monitoring hooks and their publication, in seconds.",
+    ["model"],
+)
+MONITORED_FORWARD = Counter(
+    "hookserve_monitored_forward_seconds_total",
+    "Forward time of batches run with monitoring attached, in seconds (denominator for overhead ratios).",
+    ["model"],
+)
+
+
+def render_latest() -> bytes:
+    """The Prometheus text exposition of every process's metrics (or this process's, outside multiprocess)."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest()
