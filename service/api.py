@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import time
+import warnings
 from typing import Any
 
 import litserve as ls
@@ -21,6 +22,7 @@ from models.base import ServableModel
 from service.admission import DrainSwitch
 from service.batching import InstanceBatchingLoop, WorkItem
 from service.config import ModelServeConfig
+from service.logs import configure_logging
 from service.model_loading import load_served_model
 from service.monitoring.metrics import MODEL_FORWARD, MODEL_INFO, PRECISION_AGREEMENT
 from service.runtime import (
@@ -47,12 +49,15 @@ class ModelAPI(ls.LitAPI):
     """One served model. Its HTTP side is :class:`~service.spec.PredictSpec`."""
 
     def __init__(self, config: ModelServeConfig, spec: PredictSpec, drain: DrainSwitch) -> None:
-        super().__init__(
-            max_batch_size=config.max_batch_size,
-            batch_timeout=config.batch_timeout_ms / 1000.0,
-            spec=spec,
-            loop=InstanceBatchingLoop(),
-        )
+        with warnings.catch_warnings():
+            # LitAPI warns when batch/unbatch exist but max_batch_size is 1; our loop handles both cases.
+            warnings.filterwarnings("ignore", message="The LitServer has both batch and unbatch")
+            super().__init__(
+                max_batch_size=config.max_batch_size,
+                batch_timeout=config.batch_timeout_ms / 1000.0,
+                spec=spec,
+                loop=InstanceBatchingLoop(),
+            )
         self.config = config
         self.model_name = config.name
         self.model: ServableModel | None = None
@@ -73,6 +78,7 @@ class ModelAPI(ls.LitAPI):
         # Ctrl-C reaches the whole process group; the main process coordinates a drain, so workers
         # must keep serving in-flight requests instead of dying on SIGINT.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        configure_logging()
         cfg = self.config
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)

@@ -30,7 +30,9 @@ def _serve(args: argparse.Namespace) -> int:
     server_cfg = config.server
     host = args.host or server_cfg.host
     port = args.port or server_cfg.port
-    logging.basicConfig(level=server_cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from service.logs import configure_logging
+
+    configure_logging(server_cfg.log_level)
     try:
         from service.app import build_server
         from service.lifecycle import GracefulShutdown

@@ -32,6 +32,20 @@ def _first_bad_instance(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))[0])
 
 
+def _describe_bad_instance(instances: list, expected: tuple[int, ...]) -> str:
+    """The slow path, only for invalid requests: find the first instance that is wrong, and how."""
+    for index, instance in enumerate(instances):
+        try:
+            array = np.asarray(instance)
+        except ValueError:
+            return f"instance {index}: expected shape {list(expected)}, got a ragged array"
+        if array.shape != expected:
+            return f"instance {index}: expected shape {list(expected)}, got {list(array.shape)}"
+        if array.dtype == object:
+            return f"instance {index}: values must be numbers (found null or another non-number)"
+    return f"every instance must be an array of numbers shaped {list(expected)}"
+
+
 def instances_validator(spec: InputSpec, max_instances: int):
     """A pydantic validator that turns ``instances`` into one float32 array or says what is wrong."""
 
@@ -47,17 +61,7 @@ def instances_validator(spec: InputSpec, max_instances: int):
         except ValueError:
             array = None
         if array is None or array.dtype == object or array.shape[1:] != expected:
-            for index, instance in enumerate(value):
-                try:
-                    shape = np.asarray(instance).shape
-                except ValueError:
-                    shape = "ragged"
-                if shape != expected:
-                    raise ValueError(
-                        f"instance {index}: expected shape {list(expected)}, got "
-                        f"{shape if isinstance(shape, str) else list(shape)}"
-                    ) from None
-            raise ValueError(f"every instance must be an array of numbers shaped {list(expected)}")
+            raise ValueError(_describe_bad_instance(value, expected))
         if array.dtype.kind not in "iuf":
             found = {"U": "strings", "S": "strings", "b": "booleans"}.get(array.dtype.kind, array.dtype.name)
             raise ValueError(f"instances must contain numbers only, got {found}")

@@ -131,6 +131,13 @@ MONITORED_FORWARD = Counter(
     "Forward time of batches run with monitoring attached, in seconds (denominator for overhead ratios).",
     ["model"],
 )
+MONITOR_SAMPLE_INTERVAL = Gauge(
+    "hookserve_monitor_sample_interval_batches",
+    "How often the monitor samples, in batches: kind=armed for per-module latency and non-finite checks, "
+    "kind=stats for activation stats and drift (adapted to the overhead budget unless fixed in config).",
+    ["model", "kind"],
+    multiprocess_mode="mostrecent",
+)
 
 
 def render_latest() -> bytes:
