@@ -21,7 +21,7 @@ from service.http.auth import make_auth_dependency
 from service.http.errors import install_error_handlers
 from service.http.middleware import BodySizeLimitMiddleware, JsonContentTypeMiddleware, RequestMetricsMiddleware
 from service.model_loading import ModelDescription, describe_model
-from service.monitoring.metrics import render_latest
+from service.monitoring.metrics import REJECTED, render_latest
 from service.runtime import check_device_request, read_status
 from service.spec import PredictSpec
 
@@ -111,6 +111,8 @@ def build_server(config: HookserveConfig) -> tuple[HookserveServer, DrainSwitch,
             auth_dependency=auth,
         )
         apis.append(ModelAPI(model_cfg, spec, drain))
+        for reason in ("overload", "draining"):  # exported at 0 from the start, so increase() sees the first one
+            REJECTED.labels(model_cfg.name, reason)
         gates.append(gate)
 
     server = HookserveServer(

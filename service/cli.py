@@ -19,26 +19,36 @@ logger = logging.getLogger("hookserve")
 def _serve(args: argparse.Namespace) -> int:
     from service.lifecycle import kill_children, prepare_runtime_dirs, remove_runtime_dirs
 
+    # First of all: the multiprocess metrics folder must be set before anything imports prometheus_client.
+    runtime_root = prepare_runtime_dirs()
+    try:
+        return _run_server(args)
+    finally:
+        kill_children()
+        remove_runtime_dirs(runtime_root)
+
+
+def _run_server(args: argparse.Namespace) -> int:
     from service.config import load_config
+    from service.logs import configure_logging
 
     try:
         config = load_config(args.config)
     except (ValueError, OSError) as exc:
         print(f"invalid config {args.config}:\n{exc}", file=sys.stderr)
         return 2
-    runtime_root = prepare_runtime_dirs()
     server_cfg = config.server
+    configure_logging(server_cfg.log_level)
     host = args.host or server_cfg.host
     port = args.port or server_cfg.port
-    from service.logs import configure_logging
-
-    configure_logging(server_cfg.log_level)
     try:
         from service.app import build_server
         from service.lifecycle import GracefulShutdown
 
         server, drain, gates = build_server(config)
-        shutdown = GracefulShutdown(drain, gates, server_cfg.shutdown_grace_s, stop=lambda: server._shutdown_event.set())
+        shutdown = GracefulShutdown(
+            drain, gates, server_cfg.shutdown_grace_s, stop=lambda: server._shutdown_event.set()
+        )
         shutdown.install()
         names = ", ".join(m.name for m in config.models)
         logger.info("serving %s on http://%s:%d (metrics at /metrics, docs at /docs)", names, host, port)
@@ -50,12 +60,9 @@ def _serve(args: argparse.Namespace) -> int:
             generate_client_file=False,
         )
         return 0
-    except Exception as exc:  # start-up failures: say what, never leave children behind
+    except Exception as exc:  # start-up failures: say what; the caller leaves no child behind
         logger.error("hookserve stopped: %s", exc, exc_info=server_cfg.log_level == "debug")
         return 1
-    finally:
-        kill_children()
-        remove_runtime_dirs(runtime_root)
 
 
 def _models(args: argparse.Namespace) -> int:

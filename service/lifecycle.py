@@ -18,6 +18,7 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -35,6 +36,8 @@ def prepare_runtime_dirs() -> Path:
     An operator may pin ``PROMETHEUS_MULTIPROC_DIR`` (e.g. to a tmpfs); its stale files from an earlier run
     would otherwise be summed into this run's counters, so they are removed.
     """
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set")
     root = Path(tempfile.mkdtemp(prefix="hookserve-"))
     metrics_dir = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or root / "metrics")
     metrics_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,233 @@
+"""Locust load test for hookserve.
+
+Users:
+- ``PredictUser`` reads ``/v1/models`` and each model's metadata, then sends valid prediction requests
+  built from each model's input spec. Models that fit a bundled labelled data set (digits, breast
+  cancer) get real rows, and every answer is checked against the true label.
+- ``InvalidPayloadUser`` sends what clients get wrong (wrong shape, NaN, out of range, not JSON, ...):
+  each must be answered 4xx; a 5xx or a 2xx counts as a failure.
+
+Scenarios (``LOADTEST_SHAPE`` = smoke | steady | ramp | spike | all): see ``scenarios.py``. Unset, the
+usual ``-u/-r/-t`` options drive the run. When Locust quits, the SLO gate (``slo.py``) sets the exit
+code and writes ``<--json-file or --csv prefix>_slo.json``.
+
+    locust -f loadtests/locustfile.py -H http://127.0.0.1:8000 --headless -u 8 -r 4 -t 30s \
+        --csv reports/x --html reports/x.html --json-file reports/x
+
+Tags: ``predict``, ``metadata`` and ``invalid`` (``--tags`` / ``--exclude-tags``). Other knobs:
+``LOADTEST_MODELS`` (comma list, default every served model), ``LOADTEST_MAX_INSTANCES`` [4],
+``LOADTEST_WAIT_S`` ["0.1,0.3"], ``LOADTEST_MIN_SCORED`` [50] predictions before accuracy may fail requests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import sys
+from pathlib import Path
+
+# Locust imports this file by path: make `loadtests` importable from any working directory.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from locust import FastHttpUser, between, events, tag, task
+from locust.runners import WorkerRunner
+
+from loadtests.payloads import (
+    AccuracyTally,
+    ModelSpec,
+    check_predictions,
+    invalid_requests,
+    valid_batch,
+)
+from loadtests.shapes import selected_shapes
+from loadtests.slo import Objectives, judge
+
+logger = logging.getLogger("hookserve.loadtest")
+
+MAX_INSTANCES = int(os.environ.get("LOADTEST_MAX_INSTANCES", "4"))
+MIN_SCORED = int(os.environ.get("LOADTEST_MIN_SCORED", "50"))
+WAIT_MIN_S, WAIT_MAX_S = (float(v) for v in os.environ.get("LOADTEST_WAIT_S", "0.1,0.3").split(","))
+OBJECTIVES = Objectives.from_env()
+ACCURACY = AccuracyTally()  # everything this process saw (on the master: merged from workers)
+UNREPORTED = AccuracyTally()  # a worker's counts not yet sent to the master
+
+
+def _expose_shapes() -> None:
+    """Put the chosen LoadTestShape classes in this module's namespace, where Locust looks for them."""
+    name = os.environ.get("LOADTEST_SHAPE", "")
+    picker = "--class-picker" in sys.argv or os.environ.get("LOCUST_USERCLASS_PICKER", "").lower() == "true"
+    for shape in selected_shapes(name or ("all" if picker else "")):
+        globals()[shape.__name__] = shape
+
+
+_expose_shapes()
+
+
+class HookserveUser(FastHttpUser):
+    abstract = True
+    wait_time = between(WAIT_MIN_S, WAIT_MAX_S)
+    specs: list[ModelSpec]
+
+    def on_start(self) -> None:
+        self.rng = random.Random()
+        self.specs = self.fetch_specs()
+        if not self.specs:
+            raise RuntimeError("no model metadata could be read: is the host a hookserve?")
+
+    def fetch_specs(self) -> list[ModelSpec]:
+        wanted = [m for m in os.environ.get("LOADTEST_MODELS", "").split(",") if m]
+        with self.client.get("/v1/models", name="GET /v1/models", catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"status {response.status_code}")
+                return []
+            names = [m["name"] for m in response.json()["models"]]
+        specs = []
+        for name in wanted or names:
+            spec = self.fetch_spec(name)
+            if spec is not None:
+                specs.append(spec)
+        return specs
+
+    def fetch_spec(self, name: str) -> ModelSpec | None:
+        with self.client.get(
+            f"/v1/models/{name}", name="GET /v1/models/[name]", catch_response=True
+        ) as response:
+            if response.status_code != 200:
+                response.failure(f"status {response.status_code}")
+                return None
+            try:
+                return ModelSpec.from_metadata(response.json())
+            except (KeyError, TypeError, ValueError) as error:
+                response.failure(f"metadata lacks the input spec: {error!r}")
+                return None
+
+
+class PredictUser(HookserveUser):
+    weight = 4
+
+    @tag("predict")
+    @task(20)
+    def predict(self) -> None:
+        spec = self.rng.choice(self.specs)
+        batch = valid_batch(spec, self.rng, self.rng.randint(1, MAX_INSTANCES))
+        sent = len(batch.body["instances"])
+        with self.client.post(
+            f"/v1/models/{spec.name}:predict",
+            json=batch.body,
+            name=f"predict {spec.name}",
+            catch_response=True,
+        ) as response:
+            if response.status_code != 200:
+                reason = "overloaded" if response.status_code == 503 else "unexpected status"
+                response.failure(f"{reason} {response.status_code}: {response.text[:200]}")
+                return
+            body = response.json()
+            problem = check_predictions(spec, body, sent)
+            if problem is None and batch.expected is not None:
+                problem = self.score(spec.name, body["predictions"], batch.expected)
+            if problem is not None:
+                response.failure(problem)
+
+    def score(self, model: str, predictions: list[dict], expected: list[str]) -> str | None:
+        """Count correct answers; once enough are scored, fail requests while accuracy is too low."""
+        correct = sum(p["label"] == label for p, label in zip(predictions, expected, strict=True))
+        ACCURACY.record(model, correct, len(expected))
+        UNREPORTED.record(model, correct, len(expected))
+        correct_total, total = ACCURACY.counts[model]
+        accuracy = correct_total / total
+        if total >= MIN_SCORED and accuracy < OBJECTIVES.min_accuracy:
+            return f"accuracy {accuracy:.1%} < {OBJECTIVES.min_accuracy:.0%} over {total} predictions"
+        return None
+
+    @tag("metadata")
+    @task(1)
+    def metadata(self) -> None:
+        spec = self.rng.choice(self.specs)
+        with self.client.get(
+            f"/v1/models/{spec.name}", name="GET /v1/models/[name]", catch_response=True
+        ) as response:
+            if response.status_code != 200 or "input" not in response.json():
+                response.failure(f"status {response.status_code} or no input spec")
+
+    @tag("metadata")
+    @task(1)
+    def list_models(self) -> None:
+        self.client.get("/v1/models", name="GET /v1/models")
+
+
+class InvalidPayloadUser(HookserveUser):
+    weight = 1
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.cases = [case for spec in self.specs for case in invalid_requests(spec, self.rng)]
+
+    @tag("invalid")
+    @task
+    def send_invalid(self) -> None:
+        case = self.rng.choice(self.cases)
+        with self.client.post(
+            case.path,
+            data=case.body,
+            headers={"Content-Type": "application/json"},
+            name=f"invalid: {case.case}",
+            catch_response=True,
+        ) as response:
+            status = response.status_code
+            if 400 <= status < 500:
+                response.success()
+            elif status >= 500:
+                response.failure(f"server error {status} for an invalid request: {response.text[:200]}")
+            else:
+                response.failure(f"invalid request accepted with status {status}")
+
+
+@events.report_to_master.add_listener
+def _send_accuracy(client_id: str, data: dict) -> None:
+    data["hookserve_accuracy"] = UNREPORTED.snapshot()
+    UNREPORTED.counts.clear()
+
+
+@events.worker_report.add_listener
+def _merge_accuracy(client_id: str, data: dict) -> None:
+    ACCURACY.merge(data.get("hookserve_accuracy", {}))
+
+
+@events.quitting.add_listener
+def _slo_gate(environment, **_kwargs) -> None:
+    """Judge the run against the objectives and set Locust's exit code (0 only when they are all met)."""
+    if isinstance(environment.runner, WorkerRunner):
+        return
+    total = environment.stats.total
+    verdict = judge(
+        OBJECTIVES,
+        requests=total.num_requests,
+        fail_ratio=total.fail_ratio,
+        p95_ms=total.get_response_time_percentile(0.95) or 0.0,
+        accuracy={model: ACCURACY.accuracy(model) for model in ACCURACY.counts},
+    )
+    if environment.runner is not None and environment.runner.exceptions:
+        verdict.violations.append(f"{len(environment.runner.exceptions)} unhandled exception(s) in users")
+    environment.process_exit_code = 0 if verdict.passed else 1
+    status = "PASSED" if verdict.passed else "FAILED: " + "; ".join(verdict.violations)
+    logger.info(
+        "SLO gate %s (requests %d, fail ratio %.2f%%, p95 %.0f ms, accuracy %s)",
+        status,
+        verdict.requests,
+        100 * verdict.fail_ratio,
+        verdict.p95_ms,
+        {m: round(a, 4) for m, a in verdict.accuracy.items() if a is not None},
+    )
+    _write_verdict(environment, verdict.to_dict())
+
+
+def _write_verdict(environment, verdict: dict) -> None:
+    options = environment.parsed_options
+    prefix = getattr(options, "json_file", None) or getattr(options, "csv_prefix", None)
+    if not prefix:
+        return
+    path = Path(f"{prefix}_slo.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(verdict, indent=2) + "\n")

@@ -1,0 +1,74 @@
+"""Model internals on a live server's /metrics: every served model shows per-module latency, activation
+statistics, drift and the bypass/overhead counters after real traffic."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from models.datasets import load_dataset
+from tests.test_serving_http import metric_value, scrape
+
+pytestmark = pytest.mark.slow
+SERVED = ("digits-cnn", "tabular-mlp", "digits-transformer")
+
+
+@pytest.fixture(scope="module")
+def after_traffic(live_server: str) -> str:
+    datasets = {}
+    for name in SERVED:
+        meta = requests.get(f"{live_server}/v1/models/{name}", timeout=5).json()
+        datasets[name] = load_dataset(meta["dataset"]).test_x.numpy()
+    # Enough batches for the adaptive sampler to run stats batches and fill the drift window.
+    for i in range(120):
+        for name in SERVED:
+            x = datasets[name]
+            start = (i * 8) % (len(x) - 8)
+            response = requests.post(f"{live_server}/v1/models/{name}:predict",
+                                      json={"instances": x[start:start + 8].tolist()}, timeout=30)
+            assert response.status_code == 200, response.text
+    time.sleep(1.5)  # counters are published at most once per second
+    return scrape(live_server)
+
+
+def module_labels(text: str, metric: str, model: str) -> set[str]:
+    return {
+        line.split('module="')[1].split('"')[0]
+        for line in text.splitlines()
+        if line.startswith(metric + "{") and f'model="{model}"' in line and 'module="' in line
+    }
+
+
+@pytest.mark.parametrize("model", SERVED)
+def test_every_monitored_module_reports_latency_and_statistics(live_server: str, after_traffic: str,
+                                                                 model: str) -> None:
+    meta = requests.get(f"{live_server}/v1/models/{model}", timeout=5).json()
+    modules = set(meta["monitoring"]["modules"])
+    assert 1 <= len(modules) <= 100
+    assert module_labels(after_traffic, "hookserve_module_forward_seconds_count", model) == modules
+    for stat in ("mean", "std", "min", "max", "zero_fraction"):
+        assert module_labels(after_traffic, f"hookserve_activation_{stat}", model) == modules, stat
+    assert module_labels(after_traffic, "hookserve_activation_nonfinite_total", model) == modules
+    for module in modules:
+        assert metric_value(after_traffic, "hookserve_module_forward_seconds_count", model=model, module=module) > 0
+        assert metric_value(after_traffic, "hookserve_activation_nonfinite_total", model=model, module=module) == 0
+        fraction = metric_value(after_traffic, "hookserve_activation_zero_fraction", model=model, module=module)
+        assert 0.0 <= fraction <= 1.0
+
+
+@pytest.mark.parametrize("model", SERVED)
+def test_drift_is_low_on_held_out_traffic(after_traffic: str, model: str) -> None:
+    psi_modules = module_labels(after_traffic, "hookserve_activation_drift_psi", model)
+    assert psi_modules, "a drift reference ships with every trained model"
+    for module in psi_modules:
+        assert metric_value(after_traffic, "hookserve_activation_drift_psi", model=model, module=module) < 0.25
+
+
+@pytest.mark.parametrize("model", SERVED)
+def test_guard_and_overhead_counters_exist(after_traffic: str, model: str) -> None:
+    assert f'hookserve_forward_bypass_total{{model="{model}"}} 0.0' in after_traffic
+    overhead = metric_value(after_traffic, "hookserve_monitor_overhead_seconds_total", model=model)
+    forward = metric_value(after_traffic, "hookserve_monitored_forward_seconds_total", model=model)
+    assert overhead > 0 and forward > 0

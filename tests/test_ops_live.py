@@ -1,0 +1,214 @@
+"""The monitoring stack against a live hookserve: the metrics that dashboards and alerts use are exported,
+and a real Prometheus with this repository's config and rules scrapes them.
+
+Needs ``prometheus`` and ``promtool`` (scripts/install_prometheus.sh); missing, these tests fail.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import requests
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from loadtests.payloads import ModelSpec, invalid_requests, valid_batch
+from tests.test_ops_static import (
+    ALERT_RULES,
+    PROMETHEUS_BUILTINS,
+    PROMETHEUS_CONFIG,
+    alert_rules,
+    promtool,
+    used_metric_names,
+)
+
+pytestmark = pytest.mark.slow
+
+METRICS_WAIT_S = 60.0
+PROMETHEUS_WAIT_S = 30.0
+
+
+def model_specs(base_url: str) -> list[ModelSpec]:
+    models = requests.get(f"{base_url}/v1/models", timeout=10).json()["models"]
+    return [
+        ModelSpec.from_metadata(requests.get(f"{base_url}/v1/models/{m['name']}", timeout=10).json())
+        for m in models
+    ]
+
+
+def send_traffic(base_url: str, specs: list[ModelSpec], rounds: int, rng: random.Random) -> None:
+    """Valid predictions for every model (several instances each) and a few invalid requests."""
+    with requests.Session() as session:
+        for _ in range(rounds):
+            for spec in specs:
+                body = valid_batch(spec, rng, 4).body
+                response = session.post(f"{base_url}/v1/models/{spec.name}:predict", json=body, timeout=10)
+                assert response.status_code == 200, response.text
+        for spec in specs:
+            for case in invalid_requests(spec, rng)[:3]:
+                session.post(
+                    f"{base_url}{case.path}",
+                    data=case.body,
+                    headers={"Content-Type": "application/json"},
+                    timeout=10,
+                )
+
+
+def exported_names(base_url: str) -> set[str]:
+    text = requests.get(f"{base_url}/metrics", timeout=10).text
+    return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_every_metric_used_by_dashboards_and_alerts_is_exported(live_server: str) -> None:
+    needed = set(used_metric_names()) - PROMETHEUS_BUILTINS
+    specs, rng = model_specs(live_server), random.Random(0)
+    deadline = time.monotonic() + METRICS_WAIT_S
+    missing = needed
+    # Activation statistics are published for sampled batches only: keep sending until they show.
+    while missing and time.monotonic() < deadline:
+        send_traffic(live_server, specs, rounds=10, rng=rng)
+        missing = needed - exported_names(live_server)
+    assert not missing, f"used by dashboards/alerts but not on {live_server}/metrics: {sorted(missing)}"
+
+
+def test_metrics_exposition_passes_promtool_lint(live_server: str) -> None:
+    text = requests.get(f"{live_server}/metrics", timeout=10).text
+    result = subprocess.run(
+        [promtool(), "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- a real Prometheus ------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def prometheus_config(target: str, self_address: str) -> dict:
+    """configs/prometheus/prometheus.yml pointed at ``target``, scraping and evaluating every second."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    config["rule_files"] = [str(ALERT_RULES)]
+    for job in config["scrape_configs"]:
+        job.update(scrape_interval="1s", scrape_timeout="1s")
+        job["static_configs"] = [{"targets": [target if job["job_name"] == "hookserve" else self_address]}]
+    return config
+
+
+@pytest.fixture(scope="module")
+def prometheus(live_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Prometheus on 127.0.0.1 scraping the live server every second; yields its base URL."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus not found: run scripts/install_prometheus.sh (Debian package prometheus)")
+    target = urlparse(live_server)
+    assert target.hostname == "127.0.0.1", "scrape only the local test server"
+    work = tmp_path_factory.mktemp("prometheus")
+    address = f"127.0.0.1:{_free_port()}"
+    config_path = work / "prometheus.yml"
+    config_path.write_text(yaml.safe_dump(prometheus_config(target.netloc, address)))
+    log = (work / "prometheus.log").open("wb")
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config_path}",
+            f"--storage.tsdb.path={work / 'data'}",
+            f"--web.listen-address={address}",
+            "--log.level=warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base_url = f"http://{address}"
+    try:
+        _wait_ready(base_url, process, work / "prometheus.log")
+        yield base_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+
+
+def _wait_ready(base_url: str, process: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + PROMETHEUS_WAIT_S
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"prometheus exited:\n{log_path.read_text()[-3000:]}"
+        try:
+            if requests.get(f"{base_url}/-/ready", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"prometheus not ready after {PROMETHEUS_WAIT_S} s:\n{log_path.read_text()[-3000:]}")
+
+
+def query(prometheus: str, promql: str) -> list[dict]:
+    response = requests.get(f"{prometheus}/api/v1/query", params={"query": promql}, timeout=5)
+    response.raise_for_status()
+    return response.json()["data"]["result"]
+
+
+def wait_for_series(prometheus: str, promql: str, live_server: str) -> list[dict]:
+    """Poll ``promql`` (sending traffic meanwhile) until it returns series, for at most 30 s."""
+    specs, rng = model_specs(live_server), random.Random(1)
+    deadline = time.monotonic() + PROMETHEUS_WAIT_S
+    while time.monotonic() < deadline:
+        if result := query(prometheus, promql):
+            return result
+        send_traffic(live_server, specs, rounds=2, rng=rng)
+        time.sleep(0.5)
+    pytest.fail(f"no series for {promql} after {PROMETHEUS_WAIT_S} s")
+
+
+def test_prometheus_scrapes_the_live_server(prometheus: str, live_server: str) -> None:
+    result = wait_for_series(prometheus, 'up{job="hookserve"} == 1', live_server)
+    assert result[0]["metric"]["instance"] == urlparse(live_server).netloc
+
+
+def test_prometheus_sees_request_series_for_every_model(prometheus: str, live_server: str) -> None:
+    served = {spec.name for spec in model_specs(live_server)}
+    result = wait_for_series(prometheus, 'sum by (model) (hookserve_requests_total{code="200"})', live_server)
+    assert {series["metric"]["model"] for series in result} == served
+
+
+def test_prometheus_sees_per_module_series(prometheus: str, live_server: str) -> None:
+    result = wait_for_series(
+        prometheus, "count by (model, module) (hookserve_module_forward_seconds_count)", live_server
+    )
+    modules_per_model: dict[str, set[str]] = {}
+    for series in result:
+        modules_per_model.setdefault(series["metric"]["model"], set()).add(series["metric"]["module"])
+    assert all(modules for modules in modules_per_model.values())
+    assert set(modules_per_model) <= {spec.name for spec in model_specs(live_server)}
+
+
+def test_alert_rules_evaluate_against_live_data(prometheus: str, live_server: str) -> None:
+    wait_for_series(prometheus, 'up{job="hookserve"} == 1', live_server)
+    deadline = time.monotonic() + PROMETHEUS_WAIT_S
+    while True:
+        groups = requests.get(f"{prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"]
+        rules = [rule for group in groups for rule in group["rules"]]
+        evaluated = [r for r in rules if not r.get("lastEvaluation", "").startswith("0001-")]
+        if len(evaluated) == len(rules) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert {r["name"] for r in rules} == {r["alert"] for r in alert_rules()}
+    assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
+    target_down = next(r for r in rules if r["name"] == "HookserveTargetDown")
+    assert target_down["state"] == "inactive"
