@@ -6,11 +6,13 @@ Built in the main process before anything forks; the API servers inherit it.
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import time
 from typing import Any
 
 import litserve as ls
 from fastapi import Depends, FastAPI, HTTPException, Response
+from litserve.transport.process_transport import MPQueueTransport
 from litserve.utils import WorkerSetupStatus
 from starlette.middleware.gzip import GZipMiddleware
 
@@ -19,7 +21,11 @@ from service.api import ModelAPI
 from service.config import HookserveConfig, ModelServeConfig
 from service.http.auth import make_auth_dependency
 from service.http.errors import install_error_handlers
-from service.http.middleware import BodySizeLimitMiddleware, JsonContentTypeMiddleware, RequestMetricsMiddleware
+from service.http.middleware import (
+    BodySizeLimitMiddleware,
+    JsonContentTypeMiddleware,
+    RequestMetricsMiddleware,
+)
 from service.model_loading import ModelDescription, describe_model
 from service.monitoring.metrics import REJECTED, render_latest
 from service.runtime import check_device_request, read_status
@@ -30,9 +36,20 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class HookserveServer(ls.LitServer):
-    """LitServer with a stricter start-up: every worker of every model must be ready, or none serves."""
+    """LitServer with pipe-based queues and a stricter start-up: all workers of all models ready, or none."""
 
     startup_timeout_s = 600.0
+
+    def _init_manager(self, num_api_servers: int) -> Any:
+        # LitServe's queues are multiprocessing-manager proxies: every put and get is a round trip through
+        # a third process. Pipe-based queues from the spawn context (so spawned workers can receive them)
+        # halve the hops. The manager still holds the shared worker-status dict and the shutdown event.
+        manager = super()._init_manager(num_api_servers)
+        ctx = mp.get_context("spawn")
+        for api_path in self.litapi_request_queues:
+            self.litapi_request_queues[api_path] = ctx.Queue()
+        self._transport = MPQueueTransport(manager, [ctx.Queue() for _ in range(num_api_servers)])
+        return manager
 
     def verify_worker_status(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
@@ -40,7 +57,9 @@ class HookserveServer(ls.LitServer):
             states = dict(self.workers_setup_status)
             failed = sorted(k for k, v in states.items() if v == WorkerSetupStatus.ERROR)
             if failed:
-                raise RuntimeError(f"worker(s) failed to start: {', '.join(failed)} (the cause is logged above)")
+                raise RuntimeError(
+                    f"worker(s) failed to start: {', '.join(failed)} (the cause is logged above)"
+                )
             if states and all(v == WorkerSetupStatus.READY for v in states.values()):
                 return
             if time.monotonic() > deadline:
@@ -91,7 +110,7 @@ class ServedModels:
 
 
 def build_server(config: HookserveConfig) -> tuple[HookserveServer, DrainSwitch, list[AdmissionGate]]:
-    """Everything LitServer needs, validated: a bad model, checkpoint or device fails here, before any fork."""
+    """Everything LitServer needs, validated: a bad model, checkpoint or device fails here, before forking."""
     drain = DrainSwitch()
     auth = make_auth_dependency(config.server.auth.api_key())
     apis, gates, descriptions = [], [], {}
@@ -111,7 +130,10 @@ def build_server(config: HookserveConfig) -> tuple[HookserveServer, DrainSwitch,
             auth_dependency=auth,
         )
         apis.append(ModelAPI(model_cfg, spec, drain))
-        for reason in ("overload", "draining"):  # exported at 0 from the start, so increase() sees the first one
+        for reason in (
+            "overload",
+            "draining",
+        ):  # exported at 0 from the start, so increase() sees the first one
             REJECTED.labels(model_cfg.name, reason)
         gates.append(gate)
 

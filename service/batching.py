@@ -100,7 +100,9 @@ class InstanceBatchingLoop(LitLoop):
 
     # --- answering --------------------------------------------------------------------------------
     def _reply(self, transport: Any, request: QueuedRequest, data: Any, status: str) -> None:
-        self.put_response(transport, request.response_queue_id, request.uid, data, status, LoopResponseType.REGULAR)
+        self.put_response(
+            transport, request.response_queue_id, request.uid, data, status, LoopResponseType.REGULAR
+        )
 
     def _reply_error(self, transport: Any, request: QueuedRequest, code: int, message: str) -> None:
         error = PickleableHTTPException.from_exception(HTTPException(code, message))

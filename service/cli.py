@@ -46,9 +46,7 @@ def _run_server(args: argparse.Namespace) -> int:
         from service.lifecycle import GracefulShutdown
 
         server, drain, gates = build_server(config)
-        shutdown = GracefulShutdown(
-            drain, gates, server_cfg.shutdown_grace_s, stop=lambda: server._shutdown_event.set()
-        )
+        shutdown = GracefulShutdown(drain, gates, server_cfg.shutdown_grace_s, stop=lambda: _stop(server))
         shutdown.install()
         names = ", ".join(m.name for m in config.models)
         logger.info("serving %s on http://%s:%d (metrics at /metrics, docs at /docs)", names, host, port)
@@ -60,9 +58,23 @@ def _run_server(args: argparse.Namespace) -> int:
             generate_client_file=False,
         )
         return 0
+    except KeyboardInterrupt:
+        logger.error("hookserve stopped by a signal during start-up")
+        return 1
     except Exception as exc:  # start-up failures: say what; the caller leaves no child behind
         logger.error("hookserve stopped: %s", exc, exc_info=server_cfg.log_level == "debug")
         return 1
+
+
+def _stop(server: object) -> None:
+    """End LitServer.run(): set its shutdown event, or, while it is still starting, interrupt start-up."""
+    event = getattr(server, "_shutdown_event", None)
+    if event is None:
+        import _thread
+
+        _thread.interrupt_main()
+    else:
+        event.set()
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -70,7 +82,8 @@ def _models(args: argparse.Namespace) -> int:
 
     for name in list_models():
         card = get_card(name)
-        print(f"{name:20s} {card.task:16s} dataset={card.dataset}{'  (synthetic weights)' if card.synthetic_weights else ''}")
+        synthetic = "  (synthetic weights)" if card.synthetic_weights else ""
+        print(f"{name:20s} {card.task:16s} dataset={card.dataset}{synthetic}")
     return 0
 
 

@@ -67,7 +67,9 @@ class ModelServeConfig(_Strict):
     source: str | None = Field(
         default=None, description="Registry name or 'package.module:factory'; defaults to name."
     )
-    checkpoint: Path | None = Field(default=None, description="Weights file; default: the shipped checkpoint.")
+    checkpoint: Path | None = Field(
+        default=None, description="Weights file; default: the shipped checkpoint."
+    )
     overrides: dict[str, Any] = Field(default_factory=dict, description="Keyword overrides for the factory.")
     version: str = "1"
     device: str = Field(default="cpu", description="auto, cpu, cuda or cuda:N.")
@@ -142,7 +144,7 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict
     for name, text in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
-        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         try:
             _set_path(raw, path, yaml.safe_load(text))
         except (IndexError, ValueError, TypeError, AttributeError) as exc:

@@ -79,12 +79,19 @@ class GracefulShutdown:
         self.grace_s = grace_s
         self.stop = stop
         self._signals = 0
+        self._main_pid = os.getpid()
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
 
     def _on_signal(self, signum: int, frame: object) -> None:
+        if os.getpid() != self._main_pid:
+            # A forked API server inherits this handler; uvicorn re-raises the signal after its own
+            # shutdown, and there the default action (exit) is right.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         self._signals += 1
         if self._signals > 1:
             logger.warning("second signal: stopping now without waiting for in-flight requests")

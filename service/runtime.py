@@ -44,7 +44,9 @@ def check_device_request(device: str) -> None:
         raise StartupError(f"device {device!r} requested but CUDA is not available; use device: cpu or auto")
     index = int(device.split(":")[1]) if ":" in device else 0
     if index >= torch.cuda.device_count():
-        raise StartupError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+        raise StartupError(
+            f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+        )
 
 
 def check_precision(device: torch.device, precision: str) -> None:

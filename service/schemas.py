@@ -68,7 +68,9 @@ def instances_validator(spec: InputSpec, max_instances: int):
         array = array.astype(np.float32, copy=False)
         finite = np.isfinite(array)
         if not finite.all():
-            raise ValueError(f"instance {_first_bad_instance(~finite)}: NaN or infinite values are not allowed")
+            raise ValueError(
+                f"instance {_first_bad_instance(~finite)}: NaN or infinite values are not allowed"
+            )
         if spec.min_value is not None and (low := array < spec.min_value).any():
             raise ValueError(f"instance {_first_bad_instance(low)}: values must be >= {spec.min_value}")
         if spec.max_value is not None and (high := array > spec.max_value).any():
@@ -92,7 +94,9 @@ def build_request_model(model_name: str, spec: InputSpec, max_instances: int) ->
         PlainValidator(instances_validator(spec, max_instances)),
         WithJsonSchema(instances_schema),
     ]
-    class_name = "".join(part.capitalize() for part in model_name.replace(".", "-").split("-")) + "PredictRequest"
+    class_name = (
+        "".join(part.capitalize() for part in model_name.replace(".", "-").split("-")) + "PredictRequest"
+    )
     return create_model(
         class_name,
         __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),

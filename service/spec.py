@@ -120,9 +120,7 @@ class PredictSpec(LitSpec):
             await asyncio.wait_for(event.wait(), timeout=self.request_timeout_s)
         except TimeoutError:
             self.response_buffer.pop(uid, None)
-            raise HTTPException(
-                504, f"request exceeded its {self.request_timeout_s:g} s deadline"
-            ) from None
+            raise HTTPException(504, f"request exceeded its {self.request_timeout_s:g} s deadline") from None
         response, status = self.response_buffer.pop(uid).response
         if status == LitAPIStatus.ERROR:
             raise self._as_http_error(response)
@@ -131,7 +129,7 @@ class PredictSpec(LitSpec):
     def _as_http_error(self, response: Any) -> HTTPException:
         if isinstance(response, bytes):
             try:
-                response = pickle.loads(response)  # noqa: S301 - written by our own worker process
+                response = pickle.loads(response)
             except Exception:
                 response = None
         if isinstance(response, HTTPException):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -55,17 +56,20 @@ class RunningServer:
     def stop(self, timeout_s: float = 40.0) -> int | None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
         for pid in self.session_pids():
             os.kill(pid, signal.SIGKILL)
         return self.process.poll()
 
 
-def start_server(config: dict | Path, tmp_dir: Path, env: dict[str, str] | None = None,
-                 wait: bool = True, timeout_s: float = 180.0) -> RunningServer:
+def start_server(
+    config: dict | Path,
+    tmp_dir: Path,
+    env: dict[str, str] | None = None,
+    wait: bool = True,
+    timeout_s: float = 180.0,
+) -> RunningServer:
     port = free_port()
     if isinstance(config, dict):
         config_path = tmp_dir / f"config-{port}.yaml"
@@ -78,7 +82,11 @@ def start_server(config: dict | Path, tmp_dir: Path, env: dict[str, str] | None 
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "service", "serve", "--config", str(config_path)],
-            cwd=ROOT, env=process_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=ROOT,
+            env=process_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     server = RunningServer(process, f"http://127.0.0.1:{port}", log_path)
     if wait:

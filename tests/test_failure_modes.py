@@ -24,16 +24,35 @@ OK_INSTANCE = [1.0, 2.0, 3.0, 4.0]
 
 def slow_config(timeout_s: float = 1.0, **model_overrides) -> dict:
     slow = {
-        "name": "slow", "source": "tests.fixtures.slow_model:build", "overrides": {"delay_ms": 300},
-        "max_batch_size": 1, "max_queued_requests": 8, "monitoring": {"enabled": False},
+        "name": "slow",
+        "source": "tests.fixtures.slow_model:build",
+        "overrides": {"delay_ms": 300},
+        "max_batch_size": 1,
+        "max_queued_requests": 8,
+        "monitoring": {"enabled": False},
     }
     return {
-        "server": {"request_timeout_s": timeout_s, "shutdown_grace_s": 15, "auth": {"api_key_env": "TEST_HOOKSERVE_KEY"}},
+        "server": {
+            "request_timeout_s": timeout_s,
+            "shutdown_grace_s": 15,
+            "auth": {"api_key_env": "TEST_HOOKSERVE_KEY"},
+        },
         "models": [
             {**slow, **model_overrides},
-            {"name": "batchy", "source": "tests.fixtures.slow_model:build", "overrides": {"delay_ms": 20},
-             "max_batch_size": 16, "batch_timeout_ms": 150, "monitoring": {"enabled": False}},
-            {"name": "digits-bf16", "source": "digits-cnn", "precision": "bf16", "min_precision_agreement": 0.9},
+            {
+                "name": "batchy",
+                "source": "tests.fixtures.slow_model:build",
+                "overrides": {"delay_ms": 20},
+                "max_batch_size": 16,
+                "batch_timeout_ms": 150,
+                "monitoring": {"enabled": False},
+            },
+            {
+                "name": "digits-bf16",
+                "source": "digits-cnn",
+                "precision": "bf16",
+                "min_precision_agreement": 0.9,
+            },
         ],
     }
 
@@ -43,10 +62,15 @@ def slow_server(server_factory) -> RunningServer:
     return server_factory(slow_config(), env={"TEST_HOOKSERVE_KEY": API_KEY})
 
 
-def post(server: RunningServer, model: str, instances: list, headers: dict | None = AUTH,
-         timeout: float = 30) -> requests.Response:
-    return requests.post(f"{server.base_url}/v1/models/{model}:predict", json={"instances": instances},
-                         headers=headers, timeout=timeout)
+def post(
+    server: RunningServer, model: str, instances: list, headers: dict | None = AUTH, timeout: float = 30
+) -> requests.Response:
+    return requests.post(
+        f"{server.base_url}/v1/models/{model}:predict",
+        json={"instances": instances},
+        headers=headers,
+        timeout=timeout,
+    )
 
 
 def test_predict_requires_the_api_key_but_health_and_metrics_stay_open(slow_server: RunningServer) -> None:
@@ -78,7 +102,9 @@ def test_overload_gets_503_with_retry_after_and_past_deadline_gets_504(slow_serv
 def test_a_failing_instance_does_not_fail_the_requests_batched_with_it(slow_server: RunningServer) -> None:
     poisoned = [POISON, 0.0, 0.0, 0.0]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        futures = [pool.submit(post, slow_server, "batchy", [poisoned if i == 3 else OK_INSTANCE]) for i in range(8)]
+        futures = [
+            pool.submit(post, slow_server, "batchy", [poisoned if i == 3 else OK_INSTANCE]) for i in range(8)
+        ]
         codes = [f.result().status_code for f in futures]
     assert codes[3] == 500
     assert codes[:3] + codes[4:] == [200] * 7
@@ -104,8 +130,13 @@ def test_bf16_on_cpu_serves_and_reports_agreement_with_fp32(slow_server: Running
 def test_cuda_on_a_machine_without_it_is_refused_at_start_up(tmp_path) -> None:
     config = tmp_path / "cuda.yaml"
     config.write_text("models:\n  - name: digits-cnn\n    device: cuda\n")
-    result = subprocess.run([sys.executable, "-m", "service", "serve", "--config", str(config)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "serve", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if "CUDA is not available" not in result.stdout + result.stderr:
         pytest.fail(f"expected a clear refusal, got rc={result.returncode}:\n{result.stderr[-2000:]}")
     assert result.returncode == 1
@@ -114,14 +145,21 @@ def test_cuda_on_a_machine_without_it_is_refused_at_start_up(tmp_path) -> None:
 def test_unknown_model_in_config_is_refused_with_a_clear_message(tmp_path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("models:\n  - name: nope-model\n")
-    result = subprocess.run([sys.executable, "-m", "service", "serve", "--config", str(config)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "serve", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert "unknown model 'nope-model'" in result.stderr
 
 
 def test_sigterm_drains_in_flight_requests_and_leaves_no_process(server_factory) -> None:
-    server = server_factory(slow_config(timeout_s=5.0, max_queued_requests=32), env={"TEST_HOOKSERVE_KEY": API_KEY})
+    server = server_factory(
+        slow_config(timeout_s=5.0, max_queued_requests=32), env={"TEST_HOOKSERVE_KEY": API_KEY}
+    )
     children = server.session_pids()
     assert len(children) >= 4, "main, API server, workers and queue manager are expected"
     with ThreadPoolExecutor(max_workers=3) as pool:

@@ -26,8 +26,11 @@ def after_traffic(live_server: str) -> str:
         for name in SERVED:
             x = datasets[name]
             start = (i * 8) % (len(x) - 8)
-            response = requests.post(f"{live_server}/v1/models/{name}:predict",
-                                      json={"instances": x[start:start + 8].tolist()}, timeout=30)
+            response = requests.post(
+                f"{live_server}/v1/models/{name}:predict",
+                json={"instances": x[start : start + 8].tolist()},
+                timeout=30,
+            )
             assert response.status_code == 200, response.text
     time.sleep(1.5)  # counters are published at most once per second
     return scrape(live_server)
@@ -42,8 +45,9 @@ def module_labels(text: str, metric: str, model: str) -> set[str]:
 
 
 @pytest.mark.parametrize("model", SERVED)
-def test_every_monitored_module_reports_latency_and_statistics(live_server: str, after_traffic: str,
-                                                                 model: str) -> None:
+def test_every_monitored_module_reports_latency_and_statistics(
+    live_server: str, after_traffic: str, model: str
+) -> None:
     meta = requests.get(f"{live_server}/v1/models/{model}", timeout=5).json()
     modules = set(meta["monitoring"]["modules"])
     assert 1 <= len(modules) <= 100
@@ -52,9 +56,17 @@ def test_every_monitored_module_reports_latency_and_statistics(live_server: str,
         assert module_labels(after_traffic, f"hookserve_activation_{stat}", model) == modules, stat
     assert module_labels(after_traffic, "hookserve_activation_nonfinite_total", model) == modules
     for module in modules:
-        assert metric_value(after_traffic, "hookserve_module_forward_seconds_count", model=model, module=module) > 0
-        assert metric_value(after_traffic, "hookserve_activation_nonfinite_total", model=model, module=module) == 0
-        fraction = metric_value(after_traffic, "hookserve_activation_zero_fraction", model=model, module=module)
+        assert (
+            metric_value(after_traffic, "hookserve_module_forward_seconds_count", model=model, module=module)
+            > 0
+        )
+        assert (
+            metric_value(after_traffic, "hookserve_activation_nonfinite_total", model=model, module=module)
+            == 0
+        )
+        fraction = metric_value(
+            after_traffic, "hookserve_activation_zero_fraction", model=model, module=module
+        )
         assert 0.0 <= fraction <= 1.0
 
 
@@ -63,7 +75,9 @@ def test_drift_is_low_on_held_out_traffic(after_traffic: str, model: str) -> Non
     psi_modules = module_labels(after_traffic, "hookserve_activation_drift_psi", model)
     assert psi_modules, "a drift reference ships with every trained model"
     for module in psi_modules:
-        assert metric_value(after_traffic, "hookserve_activation_drift_psi", model=model, module=module) < 0.25
+        assert (
+            metric_value(after_traffic, "hookserve_activation_drift_psi", model=model, module=module) < 0.25
+        )
 
 
 @pytest.mark.parametrize("model", SERVED)

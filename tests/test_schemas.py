@@ -42,7 +42,9 @@ def test_valid_instances_become_one_float32_array() -> None:
         ("not a list", "JSON array"),
     ],
 )
-def test_bad_instances_are_rejected_with_a_message_naming_the_problem(instances: object, message: str) -> None:
+def test_bad_instances_are_rejected_with_a_message_naming_the_problem(
+    instances: object, message: str
+) -> None:
     assert message in error_of({"instances": instances})
 
 

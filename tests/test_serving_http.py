@@ -19,7 +19,9 @@ pytestmark = pytest.mark.slow
 
 
 def predict(base: str, model: str, instances: list, **kwargs) -> requests.Response:
-    return requests.post(f"{base}/v1/models/{model}:predict", json={"instances": instances}, timeout=30, **kwargs)
+    return requests.post(
+        f"{base}/v1/models/{model}:predict", json={"instances": instances}, timeout=30, **kwargs
+    )
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:
@@ -92,10 +94,12 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(live_serve
     assert all(label == expected[i] for i, label in answers)
 
     after = scrape(live_server)
+
     def batches(text: str, le: str | None = None) -> float:
         if le is None:
             return metric_value(text, "hookserve_batch_size_count", model="digits-cnn")
         return metric_value(text, "hookserve_batch_size_bucket", model="digits-cnn", le=le)
+
     new_batches = batches(after) - batches(before)
     singles = batches(after, "1.0") - batches(before, "1.0")
     assert 0 < new_batches < 96, "96 concurrent requests should have been combined into fewer batches"
@@ -117,9 +121,19 @@ GOOD_DIGIT = [[0.0] * 8] * 8
     [
         ({"instances": [[[0.0] * 7] * 8]}, None, 422, "expected shape [8, 8]"),
         ({"instances": [[["a"] * 8] * 8]}, None, 422, "numbers only"),
-        ('{"instances": [' + json.dumps([[0.0] * 8] * 7 + [[0.0] * 7 + [None]]) + "]}", None, 422, "instance 0"),
+        (
+            '{"instances": [' + json.dumps([[0.0] * 8] * 7 + [[0.0] * 7 + [None]]) + "]}",
+            None,
+            422,
+            "instance 0",
+        ),
         ('{"instances": [' + json.dumps([[0.0] * 8] * 7)[:-1] + ", [NaN,0,0,0,0,0,0,0]]]}", None, 422, "NaN"),
-        ('{"instances": [' + json.dumps([[0.0] * 8] * 7)[:-1] + ", [Infinity,0,0,0,0,0,0,0]]]}", None, 422, "infinite"),
+        (
+            '{"instances": [' + json.dumps([[0.0] * 8] * 7)[:-1] + ", [Infinity,0,0,0,0,0,0,0]]]}",
+            None,
+            422,
+            "infinite",
+        ),
         ({"instances": [[[17.0] * 8] * 8]}, None, 422, "<= 16"),
         ({"instances": []}, None, 422, "1 to 64 items, got 0"),
         ({"instances": [GOOD_DIGIT] * 65}, None, 422, "got 65"),
@@ -133,7 +147,9 @@ def test_bad_requests_get_a_4xx_naming_the_problem(live_server, body, headers, s
     data = body if isinstance(body, str) else json.dumps(body)
     response = requests.post(
         f"{live_server}/v1/models/digits-cnn:predict",
-        data=data, headers=headers or {"Content-Type": "application/json"}, timeout=10,
+        data=data,
+        headers=headers or {"Content-Type": "application/json"},
+        timeout=10,
     )
     assert response.status_code == status, response.text
     assert message.lower() in response.json()["error"].lower()
@@ -142,7 +158,9 @@ def test_bad_requests_get_a_4xx_naming_the_problem(live_server, body, headers, s
 def test_wrong_content_type_is_a_client_error(live_server: str) -> None:
     response = requests.post(
         f"{live_server}/v1/models/digits-cnn:predict",
-        data=json.dumps({"instances": [GOOD_DIGIT]}), headers={"Content-Type": "text/plain"}, timeout=10,
+        data=json.dumps({"instances": [GOOD_DIGIT]}),
+        headers={"Content-Type": "text/plain"},
+        timeout=10,
     )
     assert response.status_code == 415
     assert "application/json" in response.json()["error"]
@@ -151,7 +169,9 @@ def test_wrong_content_type_is_a_client_error(live_server: str) -> None:
 def test_oversized_body_gets_413_before_it_is_read(live_server: str) -> None:
     response = requests.post(
         f"{live_server}/v1/models/digits-cnn:predict",
-        data=b"[" + b"0," * 3_000_000 + b"0]", headers={"Content-Type": "application/json"}, timeout=30,
+        data=b"[" + b"0," * 3_000_000 + b"0]",
+        headers={"Content-Type": "application/json"},
+        timeout=30,
     )
     assert response.status_code == 413
     assert "exceeds" in response.json()["error"]
@@ -163,8 +183,10 @@ def test_oversized_chunked_body_gets_413(live_server: str) -> None:
             yield b" " * 65536
 
     response = requests.post(
-        f"{live_server}/v1/models/digits-cnn:predict", data=chunks(),
-        headers={"Content-Type": "application/json"}, timeout=30,
+        f"{live_server}/v1/models/digits-cnn:predict",
+        data=chunks(),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
     )
     assert response.status_code == 413
 
@@ -210,8 +232,10 @@ def test_request_metrics_agree_with_requests_sent(live_server: str, digits) -> N
     for _ in range(3):
         assert predict(live_server, "digits-transformer", []).status_code == 422
     after = scrape(live_server)
+
     def delta(name: str, **labels: str) -> float:
         return metric_value(after, name, **labels) - metric_value(before, name, **labels)
+
     assert delta("hookserve_requests_total", model="digits-transformer", code="200") == 7
     assert delta("hookserve_requests_total", model="digits-transformer", code="422") == 3
     assert delta("hookserve_request_duration_seconds_count", model="digits-transformer") == 10
@@ -221,8 +245,13 @@ def test_request_metrics_agree_with_requests_sent(live_server: str, digits) -> N
 
 
 def test_metrics_pass_promtool_check(live_server: str) -> None:
-    result = subprocess.run(["promtool", "check", "metrics"], input=scrape(live_server),
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=scrape(live_server),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

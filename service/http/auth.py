@@ -5,6 +5,7 @@ No ``from __future__ import annotations`` here: FastAPI reads these signatures a
 
 import secrets
 from collections.abc import Awaitable, Callable
+from typing import Annotated
 
 from fastapi import Depends, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -13,16 +14,19 @@ _bearer = HTTPBearer(auto_error=False, description="Set when the server runs wit
 
 
 def make_auth_dependency(api_key: str | None) -> Callable[..., Awaitable[None]]:
-    """A FastAPI dependency that checks ``Authorization: Bearer <key>`` in constant time (no-op without a key)."""
+    """A dependency checking ``Authorization: Bearer <key>`` in constant time (a no-op without a key)."""
     expected = api_key.encode() if api_key else None
 
-    async def require_api_key(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+    async def require_api_key(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
         if expected is None:
             return
         given = credentials.credentials.encode() if credentials else b""
         if not secrets.compare_digest(given, expected):
             raise HTTPException(
-                401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                401,
+                "missing or invalid API key: send 'Authorization: Bearer <key>'",
                 headers={"WWW-Authenticate": "Bearer"},
             )
 

@@ -22,7 +22,10 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> JSONRespo
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     # Never echo the input back: it can be megabytes, and it is the client's own data anyway.
-    details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+    details = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
     summary = "; ".join(f"{_location(d['loc'])}: {d['msg'].removeprefix('Value error, ')}" for d in details)
     return JSONResponse({"error": summary or "invalid request", "detail": details}, status_code=422)
 

@@ -44,7 +44,9 @@ class BodySizeLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _send_json_error(send, 413, f"request body of {int(declared)} bytes exceeds {self.max_bytes}")
+            await _send_json_error(
+                send, 413, f"request body of {int(declared)} bytes exceeds {self.max_bytes}"
+            )
             return
         received = 0
 
@@ -61,17 +63,21 @@ class BodySizeLimitMiddleware:
 
 
 class JsonContentTypeMiddleware:
-    """415 for a prediction body declared as anything but JSON (FastAPI would otherwise say "not an object")."""
+    """415 for a prediction body declared as anything but JSON (else FastAPI says "not an object")."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and _PREDICT_PATH.match(scope["path"]):
-            content_type = dict(scope["headers"]).get(b"content-type", b"application/json").split(b";")[0].strip()
+            content_type = (
+                dict(scope["headers"]).get(b"content-type", b"application/json").split(b";")[0].strip()
+            )
             if content_type != b"application/json" and not content_type.endswith(b"+json"):
                 await _send_json_error(
-                    send, 415, f"Content-Type must be application/json, got {content_type.decode(errors='replace')}"
+                    send,
+                    415,
+                    f"Content-Type must be application/json, got {content_type.decode(errors='replace')}",
                 )
                 return
         await self.app(scope, receive, send)

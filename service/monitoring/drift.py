@@ -28,6 +28,10 @@ FORMAT = "hookserve-drift-reference/1"
 PROPORTION_FLOOR = 1e-4
 # Values needed per module for quantile edges; more are thinned with a fixed seed.
 MAX_REFERENCE_VALUES = 1_000_000
+# Live histograms bin at most this many values of each stats subsample: bucketize is a binary search per
+# value (~6-14 ns here), and a window of 32 batches x 256 values bounds PSI's own sampling noise near
+# (bins - 1) / 8192 ~ 0.001, far below the 0.1 that reads as drift.
+HISTOGRAM_VALUES = 256
 
 
 @dataclass
@@ -51,6 +55,7 @@ class Reference:
             tensors[f"{name}/proportions"] = self.proportions[name].detach().cpu().float().contiguous()
         metadata = {**self.metadata, "format": FORMAT, "modules": json.dumps(self.modules)}
         save_file(tensors, str(path), metadata=metadata)
+        path.chmod(0o644)  # save_file creates 0600; the service may run as another (non-root) user
         return path
 
     @classmethod
@@ -81,10 +86,14 @@ def default_reference_path(model_name: str, checkpoint: str | Path | None = None
 
 
 def weights_fingerprint(model: nn.Module) -> str:
-    """SHA-256 of every parameter and buffer (name, shape, float32 bytes): which weights a reference
-    describes. Runs once at attach; ~30 ms for resnet-bench's 17 MB."""
+    """SHA-256 of every parameter (name, shape, float32 bytes): which weights a reference describes.
+
+    Parameters only: buffers such as BatchNorm running statistics of a synthetic-weights model are
+    computed by a forward pass, whose last bits vary with the CPU's kernels, while retraining always
+    changes parameters. Runs once at attach; ~30 ms for resnet-bench's 17 MB.
+    """
     digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
+    for name, tensor in model.named_parameters():
         digest.update(f"{name}:{tuple(tensor.shape)}".encode())
         if tensor.is_floating_point():
             tensor = tensor.float()
@@ -116,9 +125,7 @@ def quantile_edges(sample: torch.Tensor, bins: int) -> torch.Tensor:
     a bin's mass, e.g. ReLU zeros) gets a bin of its own so its share moving shows up in PSI."""
     levels = torch.arange(1, bins, dtype=torch.float64) / bins
     edges = torch.quantile(sample.double(), levels).float()
-    atoms = [
-        value for value in torch.unique(edges).tolist() if (sample == value).float().mean() > 0.5 / bins
-    ]
+    atoms = [value for value in torch.unique(edges).tolist() if (sample == value).float().mean() > 0.5 / bins]
     if atoms:
         atom_values = torch.tensor(atoms)
         upper = torch.nextafter(atom_values, torch.full_like(atom_values, float("inf")))
@@ -159,6 +166,7 @@ class DriftTracker:
         self._reference = torch.cat([reference.proportions[name] for name in self.names]).to(device)
         self._ring = torch.zeros(window, self._total_bins, device=device)
         self._sum = torch.zeros(self._total_bins, device=device)
+        self._ones = torch.ones(HISTOGRAM_VALUES * len(self.names), device=device)
         self._window = window
         self._next = 0
         self.batches = 0
@@ -174,10 +182,14 @@ class DriftTracker:
         for j, position in enumerate(self.positions):
             sample = samples[position]
             if sample is not None:
+                # Any prefix of a subsample is spread over the whole output (stats.take_subsample).
+                sample = sample[:HISTOGRAM_VALUES]
                 parts.append(torch.bucketize(sample, self._edges[j], right=True) + self._offsets[j])
         if not parts:
             return
-        counts = torch.bincount(torch.cat(parts), minlength=self._total_bins).float()
+        index = torch.cat(parts)
+        # index_add_, not bincount: CUDA's bincount reads the max index back to the host (a sync).
+        counts = torch.zeros_like(self._sum).index_add_(0, index, self._ones[: index.numel()])
         slot = self._ring[self._next]
         self._sum += counts - slot
         slot.copy_(counts)

@@ -17,7 +17,21 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 # Request latency spans sub-millisecond (tiny models, batch 1) to seconds (large models under load).
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
 )
 # Per-module latencies are smaller and there are many modules: fewer, finer buckets bound the series count.
 MODULE_BUCKETS = (0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25)
@@ -39,7 +53,10 @@ QUEUE_WAIT = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 BATCH_SIZE = Histogram(
-    "hookserve_batch_size", "Instances per forward pass (after dynamic batching).", ["model"], buckets=BATCH_BUCKETS
+    "hookserve_batch_size",
+    "Instances per forward pass (after dynamic batching).",
+    ["model"],
+    buckets=BATCH_BUCKETS,
 )
 INFLIGHT = Gauge(
     "hookserve_inflight_requests",
@@ -79,19 +96,27 @@ MODULE_FORWARD = Histogram(
     buckets=MODULE_BUCKETS,
 )
 ACTIVATION_MEAN = Gauge(
-    "hookserve_activation_mean", "Mean of a module's output (last sampled batch).", ["model", "module"],
+    "hookserve_activation_mean",
+    "Mean of a module's output (last sampled batch).",
+    ["model", "module"],
     multiprocess_mode="mostrecent",
 )
 ACTIVATION_STD = Gauge(
-    "hookserve_activation_std", "Standard deviation of a module's output (last sampled batch).", ["model", "module"],
+    "hookserve_activation_std",
+    "Standard deviation of a module's output (last sampled batch).",
+    ["model", "module"],
     multiprocess_mode="mostrecent",
 )
 ACTIVATION_MIN = Gauge(
-    "hookserve_activation_min", "Minimum of a module's output (last sampled batch).", ["model", "module"],
+    "hookserve_activation_min",
+    "Minimum of a module's output (last sampled batch).",
+    ["model", "module"],
     multiprocess_mode="mostrecent",
 )
 ACTIVATION_MAX = Gauge(
-    "hookserve_activation_max", "Maximum of a module's output (last sampled batch).", ["model", "module"],
+    "hookserve_activation_max",
+    "Maximum of a module's output (last sampled batch).",
+    ["model", "module"],
     multiprocess_mode="mostrecent",
 )
 ACTIVATION_ZERO_FRACTION = Gauge(

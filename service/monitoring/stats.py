@@ -61,64 +61,62 @@ def finite_count(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def take_subsample(tensor: torch.Tensor, max_elements: int) -> torch.Tensor:
-    """A float32 copy of at most ~``max_elements`` elements of ``tensor``, spread over all of it.
+    """A float32 copy of ``min(numel, max_elements)`` distinct elements of ``tensor``, in an order whose
+    every prefix is spread over the whole tensor.
 
-    Outputs up to twice the limit are copied whole (exact stats, and no stride to alias with). Larger
-    ones are read at ``k * p mod numel`` for a prime stride ``p`` near ``numel / max_elements`` that does
-    not divide ``numel``: a plain stride such as 392 on a 28x28 feature map would read the same two
-    columns of every map (image borders, mostly zeros). ``torch.take`` indexes the logical row-major
-    order, so non-contiguous outputs are not copied first. The copy is immune to in-place ops that
-    later modules apply to the output.
+    Element ``k`` is ``tensor.flatten()[k * p mod numel]`` for ``p`` near ``0.618 * numel`` and coprime
+    to it (a Weyl sequence): the indices are distinct, they visit every residue of every dimension (a
+    plain stride such as 392 on 28x28 feature maps would read the same two columns of every map: image
+    borders, mostly zeros), and a prefix such as the drift histograms' first 256 values is an even
+    sample too. ``torch.take`` indexes the logical row-major order, so a non-contiguous output is not
+    copied first, and the result is a copy: in-place ops that later modules apply do not reach it.
     """
     numel = tensor.numel()
-    if numel <= 2 * max_elements:
-        flat = tensor.reshape(-1)
-        return flat.to(torch.float32, copy=True)
-    index = _subsample_index(numel, max_elements, tensor.device)
+    index = _weyl_index(numel, min(numel, max_elements), tensor.device)
     return torch.take(tensor, index).to(torch.float32)
 
 
+GOLDEN_FRACTION = (math.sqrt(5.0) - 1.0) / 2.0
+
+
 @lru_cache(maxsize=512)
-def _subsample_index(numel: int, max_elements: int, device: torch.device) -> torch.Tensor:
-    stride = _prime_stride(numel, numel // max_elements)
-    return (torch.arange(max_elements, dtype=torch.int64) * stride % numel).to(device)
+def _weyl_index(numel: int, count: int, device: torch.device) -> torch.Tensor:
+    stride = max(1, round(GOLDEN_FRACTION * numel))
+    while math.gcd(stride, numel) != 1:
+        stride += 1
+    # Built on the device: no host-to-device copy the first time a shape shows up mid-forward.
+    return torch.arange(count, dtype=torch.int64, device=device) * stride % numel
 
 
-def _prime_stride(numel: int, start: int) -> int:
-    candidate = max(start, 2)
-    while not (_is_prime(candidate) and numel % candidate):
-        candidate += 1
-    return candidate
+def summarize(samples: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+    """Stats of 1-D float32 samples: a ``(len(samples), 5)`` tensor in :data:`STAT_NAMES` order, and
+    ``order``: row ``i`` describes ``samples[order[i]]``.
 
-
-def _is_prime(value: int) -> bool:
-    if value < 2:
-        return False
-    return all(value % d for d in range(2, math.isqrt(value) + 1))
-
-
-def summarize(samples: list[torch.Tensor]) -> torch.Tensor:
-    """Stats of each 1-D float32 sample: a ``(len(samples), 5)`` tensor in :data:`STAT_NAMES` order.
-
-    Population std (correction 0), centred two-pass in float32: subsamples are short, so the
-    cancellation error of sum-of-squares is avoided at no measurable cost. Samples of equal length are
-    stacked and reduced together (~6 ops per length group, not per module).
+    Samples of equal length are stacked and reduced together, ~9 ops per length group whatever the
+    number of modules. Population std (correction 0), centred two-pass: no sum-of-squares cancellation.
     """
-    if not samples:
-        return torch.empty(0, len(STAT_NAMES))
     groups: dict[int, list[int]] = {}
     for i, sample in enumerate(samples):
         groups.setdefault(sample.numel(), []).append(i)
-    out = torch.empty(len(samples), len(STAT_NAMES), device=samples[0].device)
-    for length, rows in groups.items():
-        block = torch.stack([samples[i] for i in rows])
-        out[rows] = _reduce(block, length)
-    return out
+    blocks = [_reduce(torch.stack([samples[i] for i in rows])) for rows in groups.values()]
+    order = [i for rows in groups.values() for i in rows]
+    return (blocks[0] if len(blocks) == 1 else torch.cat(blocks)), order
 
 
-def _reduce(block: torch.Tensor, length: int) -> torch.Tensor:
-    mean = block.sum(dim=1) / length
-    std = torch.linalg.vector_norm(block - mean[:, None], dim=1) / math.sqrt(length)
-    # sign() keeps float math: (x == 0).sum() costs ~4x more on CPU (bool tensors). -0.0 counts as zero.
-    zero_fraction = 1.0 - torch.sign(block).abs().sum(dim=1) / length
-    return torch.stack([mean, std, block.amin(dim=1), block.amax(dim=1), zero_fraction], dim=1)
+def _reduce(block: torch.Tensor) -> torch.Tensor:
+    length = block.shape[1]
+    mean = block.mean(dim=1, keepdim=True)
+    spread = torch.linalg.vector_norm(block - mean, dim=1)
+    # The 1-norm of sign(x) counts non-zeros (-0.0 counts as zero) in two float ops; (x == 0).sum() and
+    # count_nonzero cost several times more on CPU (bool tensors).
+    nonzero = torch.linalg.vector_norm(torch.sign(block), ord=1, dim=1)
+    raw = torch.stack([mean.view(-1), spread, block.amin(dim=1), block.amax(dim=1), nonzero], dim=1)
+    scale, shift = _finishing(length, block.device)
+    return torch.addcmul(shift, raw, scale)  # std = spread / sqrt(n), zero fraction = 1 - nonzero / n
+
+
+@lru_cache(maxsize=256)
+def _finishing(length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = torch.tensor([1.0, 1.0 / math.sqrt(length), 1.0, 1.0, -1.0 / length], device=device)
+    shift = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0], device=device)
+    return scale, shift

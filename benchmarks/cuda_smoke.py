@@ -1,0 +1,150 @@
+"""End-to-end serving check on a CUDA machine: hookserve on ``cuda`` in bf16 and fp16, batched.
+
+Not a pytest test (CI has no GPU): run it where a GPU exists, ``python -m benchmarks.cuda_smoke --out DIR``.
+For each precision it starts hookserve with resnet-bench and digits-cnn on ``cuda``, sends concurrent
+requests, and checks: every answer is 200 with probabilities summing to 1; batches of more than one
+instance formed; the reduced-precision check ran and agrees with fp32; per-module latencies (CUDA events)
+and activation statistics reached ``/metrics``. Writes ``cuda_smoke.json``; exits 1 on any failed check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def start(config: dict, port: int, log: Path) -> subprocess.Popen:
+    path = Path(tempfile.mkdtemp()) / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "HOOKSERVE_SERVER__PORT": str(port)}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", "--config", str(path)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"hookserve exited: {log.read_text()[-3000:]}")
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return process
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("hookserve not ready in 240 s")
+
+
+def check_precision(precision: str, port: int, out: Path) -> dict:
+    config = {
+        "server": {"host": "127.0.0.1", "api_servers": 2, "request_timeout_s": 30},
+        "models": [
+            {
+                "name": "resnet-bench",
+                "device": "cuda",
+                "precision": precision,
+                "max_batch_size": 64,
+                "batch_timeout_ms": 2,
+                "min_precision_agreement": 0.9,
+            },
+            {"name": "digits-cnn", "device": "cuda", "precision": precision, "max_batch_size": 128},
+        ],
+    }
+    process = start(config, port, out / f"server_{precision}.log")
+    base = f"http://127.0.0.1:{port}"
+    checks: dict[str, object] = {"precision": precision}
+    try:
+        x = torch.rand(256, 3, 64, 64, generator=torch.Generator().manual_seed(0)).numpy()
+
+        def one(i: int) -> requests.Response:
+            return requests.post(
+                f"{base}/v1/models/resnet-bench:predict",
+                json={"instances": x[i * 4 : (i + 1) * 4].tolist()},
+                timeout=60,
+            )
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            responses = list(pool.map(one, range(64)))
+        elapsed = time.perf_counter() - started
+        codes = [r.status_code for r in responses]
+        sums = [sum(p["probabilities"]) for r in responses if r.ok for p in r.json()["predictions"]]
+        meta = requests.get(f"{base}/v1/models/resnet-bench", timeout=10).json()
+        time.sleep(1.5)
+        text = requests.get(f"{base}/metrics", timeout=10).text
+        batches = metric(text, "hookserve_batch_size_count", model="resnet-bench")
+        singles = metric(text, "hookserve_batch_size_bucket", model="resnet-bench", le="1.0")
+        module_lines = [
+            ln
+            for ln in text.splitlines()
+            if ln.startswith("hookserve_module_forward_seconds_count{") and "resnet-bench" in ln
+        ]
+        checks.update(
+            all_200=codes.count(200) == len(codes),
+            probabilities_sum_to_1=bool(sums) and all(abs(s - 1) < 1e-2 for s in sums),
+            batched=batches - singles > 0,
+            items_per_s=round(256 / elapsed, 1),
+            device=meta["device"],
+            precision_check=meta["precision_check"],
+            agreement_ok=meta["precision_check"] is not None
+            and meta["precision_check"]["top1_agreement"] >= 0.9,
+            monitored_modules=len(module_lines),
+            module_latency_recorded=any(float(ln.rsplit(" ", 1)[1]) > 0 for ln in module_lines),
+            activation_stats=metric(text, "hookserve_activation_std", model="resnet-bench") > 0,
+            mean_batch_size=round(
+                metric(text, "hookserve_batch_size_sum", model="resnet-bench") / max(batches, 1), 2
+            ),
+        )
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+    return checks
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--precisions", default="bf16,fp16")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to check", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = [check_precision(p, 18000 + i, args.out) for i, p in enumerate(args.precisions.split(","))]
+    (args.out / "cuda_smoke.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    boolean_checks = [v for r in results for v in r.values() if isinstance(v, bool)]
+    return 0 if all(boolean_checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""Start, watch and stop the servers under test: hookserve (any config) and the FastAPI peer.
+
+Every server runs on 127.0.0.1 on a free port, in its own process group (so stopping it reaches every
+process it forked or spawned, orphans included), with its log in a file. CPU time is read per process
+and grouped by role (hookserve: main, api, worker, manager), which is how a report attributes the cost
+of a request to the process that pays it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_get(url: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+@dataclass(frozen=True)
+class HookserveSettings:
+    """The knobs a benchmark varies; everything else is hookserve's default."""
+
+    model: str
+    device: str = "cpu"
+    precision: str = "fp32"
+    monitoring: bool = True
+    api_servers: int = 1
+    max_batch_size: int = 64
+    batch_timeout_ms: float = 0.0
+    torch_threads: int | None = 1
+    workers: int = 1
+    max_instances_per_request: int = 64
+    overrides: dict[str, Any] = field(default_factory=dict)
+    # Any other per-model key of hookserve's config, e.g. {"min_precision_agreement": 0.0}.
+    model_extra: dict[str, Any] = field(default_factory=dict)
+    # Benchmark-only patches to try a fix before adopting it (see benchmarks.patched_serve).
+    patches: tuple[str, ...] = ()
+
+    def config(self, port: int) -> dict[str, Any]:
+        model: dict[str, Any] = {
+            "name": self.model,
+            "device": self.device,
+            "precision": self.precision,
+            "workers": self.workers,
+            "max_batch_size": self.max_batch_size,
+            "batch_timeout_ms": self.batch_timeout_ms,
+            "max_instances_per_request": self.max_instances_per_request,
+            "max_queued_requests": 4096,
+            "monitoring": {"enabled": self.monitoring},
+        }
+        if self.torch_threads:
+            model["torch_threads"] = self.torch_threads
+        if self.overrides:
+            model["overrides"] = dict(self.overrides)
+        model.update(self.model_extra)
+        server = {
+            "host": "127.0.0.1",
+            "port": port,
+            "api_servers": self.api_servers,
+            "log_level": "warning",  # no access log on the hot path
+            "shutdown_grace_s": 2,
+            "request_timeout_s": 30,
+        }
+        return {"server": server, "models": [model]}
+
+
+class ServerProcess:
+    """One server under test. ``label`` names it in tables; ``ready()`` says whether it answers."""
+
+    def __init__(self, label: str, command: list[str], port: int, log_path: Path, model: str) -> None:
+        self.label = label
+        self.command = command
+        self.port = port
+        self.log_path = log_path
+        self.model = model
+        self.process: subprocess.Popen | None = None
+        self.failure: str | None = None
+        self.startup_s: float | None = None
+        self._roles: dict[str, list[int]] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def predict_url(self) -> str:
+        return f"{self.base_url}/v1/models/{self.model}:predict"
+
+    def start(self) -> None:
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("HOOKSERVE_", "PROMETHEUS_MULTIPROC"))
+        }
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        self._log = self.log_path.open("wb")
+        self._started_at = time.monotonic()
+        self.process = subprocess.Popen(
+            self.command,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group: stop() reaches every descendant
+        )
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Poll ``/health`` until 200; False (with ``failure`` set) if the server exits or times out."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.failure = f"exited with {self.process.returncode}: {self.log_tail()}"
+                return False
+            if http_get(f"{self.base_url}/health")[0] == 200:
+                self.startup_s = time.monotonic() - self._started_at
+                return True
+            time.sleep(0.2)
+        self.failure = f"not healthy after {timeout_s:.0f} s: {self.log_tail()}"
+        self.stop()
+        return False
+
+    def log_tail(self, lines: int = 6) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGINT (hookserve drains gracefully), then SIGKILL whatever is left in the process group."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=grace_s)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+        self._log.close()
+
+    # --- CPU accounting by role ------------------------------------------------------------------
+    def roles(self) -> dict[str, list[int]]:
+        """Process ids by role, read once the server is ready (its process tree is fixed by then)."""
+        if self._roles is None:
+            self._roles = self._classify()
+        return self._roles
+
+    def _classify(self) -> dict[str, list[int]]:
+        """hookserve's children: the spawned worker(s), the multiprocessing manager (it owns the queues'
+        unix listener), LitServe's resource tracker, and the forked API servers (the rest: they, like the
+        manager, inherit the TCP listening socket, so that alone does not tell them apart)."""
+        import psutil  # only the CPU accounting needs it; the GPU benchmark does without
+
+        assert self.process is not None
+        root = psutil.Process(self.process.pid)
+        roles: dict[str, list[int]] = {"main": [root.pid]}
+        for child in root.children(recursive=True):
+            try:
+                cmdline = " ".join(child.cmdline())
+                sockets = child.net_connections(kind="unix")
+                unix_listener = any("listener-" in (c.laddr or "") for c in sockets)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            if "resource_tracker" in cmdline:
+                role = "tracker"
+            elif "spawn_main" in cmdline:
+                role = "worker"
+            elif unix_listener:
+                role = "manager"
+            else:
+                role = "api"
+            roles.setdefault(role, []).append(child.pid)
+        return roles
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """Cumulative user+system CPU seconds per role."""
+        import psutil
+
+        totals: dict[str, float] = {}
+        for role, pids in self.roles().items():
+            for pid in pids:
+                try:
+                    times = psutil.Process(pid).cpu_times()
+                except psutil.NoSuchProcess:
+                    continue
+                totals[role] = totals.get(role, 0.0) + times.user + times.system
+        return totals
+
+
+def start_hookserve(label: str, settings: HookserveSettings, workdir: Path) -> ServerProcess:
+    port = free_port()
+    config_path = workdir / f"{label}.yaml"
+    config_path.write_text(yaml.safe_dump(settings.config(port), sort_keys=False))
+    launcher = (
+        ["benchmarks.patched_serve", *(f"--patch={p}" for p in settings.patches)]
+        if settings.patches
+        else ["service"]
+    )
+    command = [sys.executable, "-m", *launcher, "serve", "--config", str(config_path), "--port", str(port)]
+    server = ServerProcess(label, command, port, workdir / f"{label}.log", settings.model)
+    server.start()
+    return server
+
+
+def start_peer(
+    label: str, model: str, workdir: Path, torch_threads: int = 1, device: str = "cpu"
+) -> ServerProcess:
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.fastapi_peer",
+        "--model",
+        model,
+        "--port",
+        str(port),
+        "--threads",
+        str(torch_threads),
+        "--device",
+        device,
+    ]
+    server = ServerProcess(label, command, port, workdir / f"{label}.log", model)
+    server.start()
+    return server
+
+
+# Histograms whose _sum/_count deltas over a window give mean batch size, forward time and queue wait.
+SERVING_HISTOGRAMS = (
+    "hookserve_batch_size",
+    "hookserve_model_forward_seconds",
+    "hookserve_queue_wait_seconds",
+)
+
+
+def metric_totals(server: ServerProcess) -> dict[str, float]:
+    """``{name_sum, name_count}`` of hookserve's serving histograms for the server's model; empty if none."""
+    status, body = http_get(f"{server.base_url}/metrics")
+    if status != 200:
+        return {}
+    totals: dict[str, float] = {}
+    selector = f'{{model="{server.model}"}} '
+    for line in body.decode(errors="replace").splitlines():
+        for name in SERVING_HISTOGRAMS:
+            for suffix in ("_sum", "_count"):
+                prefix = name + suffix + selector
+                if line.startswith(prefix):
+                    totals[name + suffix] = float(line[len(prefix) :])
+    return totals
+
+
+def worker_status(server: ServerProcess) -> list[dict[str, Any]]:
+    """hookserve's own account of its workers (pid, threads, device); empty for the peer."""
+    status, body = http_get(f"{server.base_url}/v1/models/{server.model}")
+    if status != 200:
+        return []
+    return json.loads(body).get("workers", [])
