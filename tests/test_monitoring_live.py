@@ -17,21 +17,32 @@ SERVED = ("digits-cnn", "tabular-mlp", "digits-transformer")
 
 @pytest.fixture(scope="module")
 def after_traffic(live_server: str) -> str:
+    """Send held-out traffic until every model publishes drift (bounded at 90 s), then scrape.
+
+    Drift needs a full window of sampled batches, and the sampler spaces statistics out to stay within
+    the overhead budget, so this takes a few hundred batches per model.
+    """
+    session = requests.Session()
     datasets = {}
     for name in SERVED:
-        meta = requests.get(f"{live_server}/v1/models/{name}", timeout=5).json()
+        meta = session.get(f"{live_server}/v1/models/{name}", timeout=5).json()
         datasets[name] = load_dataset(meta["dataset"]).test_x.numpy()
-    # Enough batches for the adaptive sampler to run stats batches and fill the drift window.
-    for i in range(120):
+    deadline = time.monotonic() + 90
+    text = ""
+    for round_ in range(100_000):
         for name in SERVED:
             x = datasets[name]
-            start = (i * 8) % (len(x) - 8)
-            response = requests.post(
-                f"{live_server}/v1/models/{name}:predict",
-                json={"instances": x[start : start + 8].tolist()},
-                timeout=30,
+            start = (round_ * 8) % (len(x) - 8)
+            response = session.post(
+                f"{live_server}/v1/models/{name}:predict", json={"instances": x[start : start + 8].tolist()}, timeout=30
             )
             assert response.status_code == 200, response.text
+        if round_ % 50 == 49:
+            text = scrape(live_server)
+            if all(module_labels(text, "hookserve_activation_drift_psi", name) for name in SERVED):
+                break
+            if time.monotonic() > deadline:
+                break
     time.sleep(1.5)  # counters are published at most once per second
     return scrape(live_server)
 

@@ -112,7 +112,9 @@ def _reduce(block: torch.Tensor) -> torch.Tensor:
     nonzero = torch.linalg.vector_norm(torch.sign(block), ord=1, dim=1)
     raw = torch.stack([mean.view(-1), spread, block.amin(dim=1), block.amax(dim=1), nonzero], dim=1)
     scale, shift = _finishing(length, block.device)
-    return torch.addcmul(shift, raw, scale)  # std = spread / sqrt(n), zero fraction = 1 - nonzero / n
+    stats = torch.addcmul(shift, raw, scale)  # std = spread / sqrt(n), zero fraction = 1 - nonzero / n
+    stats[:, 4].clamp_(0.0, 1.0)  # 1 - n * (1/n) rounds to -1.5e-8 in float32 when nothing is zero
+    return stats
 
 
 @lru_cache(maxsize=256)
