@@ -1,6 +1,6 @@
 """What monitoring costs: forward time with the monitor off, at its defaults, and at full stats.
 
-    python -m benchmarks.hook_overhead --quick                       # < 2 min on 2 CPU cores
+    python -m benchmarks.hook_overhead --quick                       # about a minute on 2 CPU cores
     python -m benchmarks.hook_overhead --json reports/hook_overhead.json
     python -m benchmarks.hook_overhead --device cuda --precision bf16
 

@@ -24,7 +24,7 @@ from service.batching import InstanceBatchingLoop, WorkItem
 from service.config import ModelServeConfig
 from service.logs import configure_logging
 from service.model_loading import load_served_model
-from service.monitoring.metrics import MODEL_FORWARD, MODEL_INFO, PRECISION_AGREEMENT
+from service.monitoring.metrics import MODEL_FORWARD, MODEL_INFO, OUTPUT_NONFINITE, PRECISION_AGREEMENT
 from service.runtime import (
     StartupError,
     calibration_batch,
@@ -113,6 +113,7 @@ class ModelAPI(ls.LitAPI):
         warm_seconds = warm_up(self.model, self.torch_device, cfg.precision, cfg.max_batch_size)
         PRECISION_AGREEMENT.labels(cfg.name).set(report.top1_agreement if report else 1.0)
         MODEL_INFO.labels(cfg.name, cfg.version, str(self.torch_device), cfg.precision).set(1)
+        OUTPUT_NONFINITE.labels(cfg.name)  # exported at 0 from the start, so increase() sees the first one
         write_status(
             cfg.name,
             int(os.environ.get("LITSERVE_WORKER_ID", "0")),
@@ -171,6 +172,11 @@ class ModelAPI(ls.LitAPI):
         return np.split(probabilities, np.cumsum(sizes)[:-1])
 
     def encode_response(self, output: np.ndarray, **kwargs: Any) -> bytes:
+        bad = ~np.isfinite(output).all(axis=1)
+        if bad.any():
+            # NaN is not JSON; the forward hooks localize the first module with non-finite values.
+            OUTPUT_NONFINITE.labels(self.model_name).inc(int(bad.sum()))
+            raise ValueError(f"{int(bad.sum())} of {len(output)} instance(s) got non-finite probabilities")
         # JSON is built here, in the worker, so the API server only frames it: one bytes object
         # crosses the process boundary instead of a tree of Python floats.
         return json.dumps(encode_predictions(output, self.model.output_spec), separators=(",", ":")).encode()

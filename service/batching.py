@@ -109,11 +109,11 @@ class InstanceBatchingLoop(LitLoop):
         self._reply(transport, request, error, LitAPIStatus.ERROR)
 
     def _run(self, lit_api: Any, requests: list[QueuedRequest]) -> list[Any]:
+        """One output per request: the model's answers, unbatched (not yet encoded)."""
         inputs = [lit_api.decode_request(r.item) for r in requests]
         x = lit_api.batch(inputs)
         y = lit_api.predict(x)
-        outputs = lit_api.unbatch(y)
-        return [lit_api.encode_response(o) for o in outputs]
+        return lit_api.unbatch(y)
 
     def process(self, lit_api: Any, transport: Any, batch: list[QueuedRequest], model_name: str) -> None:
         now = time.monotonic()
@@ -128,7 +128,7 @@ class InstanceBatchingLoop(LitLoop):
             return
         BATCH_SIZE.labels(model_name).observe(sum(r.item.size for r in live))
         try:
-            encoded = self._run(lit_api, live)
+            outputs = self._run(lit_api, live)
         except Exception:
             if len(live) == 1:
                 logger.exception("model %s failed on request %s", model_name, live[0].uid)
@@ -138,8 +138,12 @@ class InstanceBatchingLoop(LitLoop):
             for request in live:
                 self.process(lit_api, transport, [request], model_name)
             return
-        for request, data in zip(live, encoded, strict=True):
-            self._reply(transport, request, data, LitAPIStatus.OK)
+        for request, output in zip(live, outputs, strict=True):
+            try:  # encoding is per request: an answer that cannot be sent (NaN output) fails alone
+                self._reply(transport, request, lit_api.encode_response(output), LitAPIStatus.OK)
+            except Exception:
+                logger.exception("model %s: cannot answer request %s", model_name, request.uid)
+                self._reply_error(transport, request, 500, "internal error while running the model")
 
     def __call__(
         self,

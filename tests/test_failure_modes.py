@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from tests.conftest import ROOT, RunningServer
-from tests.fixtures.slow_model import POISON
+from tests.fixtures.slow_model import NAN_TRIGGER, POISON
 
 pytestmark = pytest.mark.slow
 
@@ -113,6 +113,21 @@ def test_a_failing_instance_does_not_fail_the_requests_batched_with_it(slow_serv
     assert "poisoned instance" in slow_server.log(), "the cause is logged on the server"
     metrics = requests.get(f"{slow_server.base_url}/metrics", timeout=5).text
     assert 'hookserve_requests_total{code="500",model="batchy"}' in metrics
+
+
+def test_a_non_finite_model_output_fails_only_its_request_and_is_counted(slow_server: RunningServer) -> None:
+    nan_instance = [NAN_TRIGGER, 0.0, 0.0, 0.0]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        futures = [
+            pool.submit(post, slow_server, "batchy", [nan_instance if i == 2 else OK_INSTANCE])
+            for i in range(6)
+        ]
+        responses = [f.result() for f in futures]
+    assert [r.status_code for r in responses] == [200, 200, 500, 200, 200, 200]
+    assert "NaN" not in responses[2].text and "internal error" in responses[2].json()["error"]
+    metrics = requests.get(f"{slow_server.base_url}/metrics", timeout=5).text
+    assert 'hookserve_output_nonfinite_total{model="batchy"} 1.0' in metrics
+    assert "non-finite probabilities" in slow_server.log()
 
 
 def test_bf16_on_cpu_serves_and_reports_agreement_with_fp32(slow_server: RunningServer) -> None:

@@ -86,5 +86,6 @@ def test_idle_batches_make_no_cuda_call_but_one_is_timed_per_armed_batch(fake_cu
     assert FakeStream.syncs == armed
     # Per armed batch: a pre/post event pair for the one module; per gap: one timed idle batch (2 events).
     assert FakeEvent.records - records_before == 2 * armed + 2 * (armed - 1)
-    assert monitor.controller.unseen_s  # idle forward time was measured, so the cold cost too
+    # Idle forward time was measured, so the cold cost of armed batches too.
+    assert sum(median.samples for median in monitor.controller.unseen_s.values()) > 0
     assert monitor.controller.forward_s is not None and monitor.controller.forward_s > 0

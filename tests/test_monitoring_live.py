@@ -33,9 +33,8 @@ def after_traffic(live_server: str) -> str:
         for name in SERVED:
             x = datasets[name]
             start = (round_ * 8) % (len(x) - 8)
-            response = session.post(
-                f"{live_server}/v1/models/{name}:predict", json={"instances": x[start : start + 8].tolist()}, timeout=30
-            )
+            body = {"instances": x[start : start + 8].tolist()}
+            response = session.post(f"{live_server}/v1/models/{name}:predict", json=body, timeout=30)
             assert response.status_code == 200, response.text
         if round_ % 50 == 49:
             text = scrape(live_server)

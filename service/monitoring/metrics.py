@@ -146,6 +146,11 @@ TRAINING_MODE_RESETS = Counter(
     "Modules found in training mode at serve time and put back in eval.",
     ["model"],
 )
+OUTPUT_NONFINITE = Counter(
+    "hookserve_output_nonfinite_total",
+    "Instances whose model output held NaN or Inf (checked on every batch; the request gets a 500).",
+    ["model"],
+)
 MONITOR_OVERHEAD = Counter(
     "hookserve_monitor_overhead_seconds_total",
     "Time spent inside monitoring hooks and their publication, in seconds.",
