@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +21,7 @@ import requests
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.servers import ServerProcess
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -35,30 +32,15 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def start(config: dict, port: int, log: Path) -> subprocess.Popen:
+def start(config: dict, port: int, log: Path) -> ServerProcess:
     path = Path(tempfile.mkdtemp()) / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "HOOKSERVE_SERVER__PORT": str(port)}
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--config", str(path)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"hookserve exited: {log.read_text()[-3000:]}")
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return process
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("hookserve not ready in 240 s")
+    command = [sys.executable, "-m", "service", "serve", "--config", str(path), "--port", str(port)]
+    server = ServerProcess("cuda-smoke", command, port, log, "resnet-bench")
+    server.start()
+    if not server.wait_ready(240):
+        raise RuntimeError(f"hookserve did not start: {server.failure}")
+    return server
 
 
 def check_precision(precision: str, port: int, out: Path) -> dict:
@@ -76,8 +58,8 @@ def check_precision(precision: str, port: int, out: Path) -> dict:
             {"name": "digits-cnn", "device": "cuda", "precision": precision, "max_batch_size": 128},
         ],
     }
-    process = start(config, port, out / f"server_{precision}.log")
-    base = f"http://127.0.0.1:{port}"
+    server = start(config, port, out / f"server_{precision}.log")
+    base = server.base_url
     checks: dict[str, object] = {"precision": precision}
     try:
         x = torch.rand(256, 3, 64, 64, generator=torch.Generator().manual_seed(0)).numpy()
@@ -122,11 +104,7 @@ def check_precision(precision: str, port: int, out: Path) -> dict:
             ),
         )
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        server.stop(grace_s=60)
     return checks
 
 
