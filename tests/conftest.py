@@ -94,19 +94,27 @@ def start_server(
     return server
 
 
-def wait_ready(server: RunningServer, timeout_s: float) -> None:
+def wait_for_ok(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float, what: str) -> None:
+    """Poll ``url`` until it answers 200; raise with the log's tail if ``process`` exits or time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"hookserve exited with {server.process.returncode}:\n{server.log()[-4000:]}")
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
         try:
-            if requests.get(f"{server.base_url}/health", timeout=1).status_code == 200:
+            if requests.get(url, timeout=1).status_code == 200:
                 return
         except requests.RequestException:
             pass
         time.sleep(0.2)
-    server.stop()
-    raise RuntimeError(f"hookserve not ready after {timeout_s} s:\n{server.log()[-4000:]}")
+    raise RuntimeError(f"{what} not ready after {timeout_s} s:\n{log_path.read_text()[-4000:]}")
+
+
+def wait_ready(server: RunningServer, timeout_s: float) -> None:
+    try:
+        wait_for_ok(f"{server.base_url}/health", server.process, server.log_path, timeout_s, "hookserve")
+    except RuntimeError:
+        server.stop()
+        raise
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -21,6 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.payloads import ModelSpec, invalid_requests, valid_batch
+from tests.conftest import wait_for_ok
 from tests.test_ops_static import (
     ALERT_RULES,
     PROMETHEUS_BUILTINS,
@@ -133,7 +133,7 @@ def prometheus(live_server: str, tmp_path_factory: pytest.TempPathFactory) -> It
     )
     base_url = f"http://{address}"
     try:
-        _wait_ready(base_url, process, work / "prometheus.log")
+        wait_for_ok(f"{base_url}/-/ready", process, work / "prometheus.log", PROMETHEUS_WAIT_S, "prometheus")
         yield base_url
     finally:
         process.terminate()
@@ -143,19 +143,6 @@ def prometheus(live_server: str, tmp_path_factory: pytest.TempPathFactory) -> It
             process.kill()
             process.wait(timeout=10)
         log.close()
-
-
-def _wait_ready(base_url: str, process: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + PROMETHEUS_WAIT_S
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"prometheus exited:\n{log_path.read_text()[-3000:]}"
-        try:
-            if requests.get(f"{base_url}/-/ready", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"prometheus not ready after {PROMETHEUS_WAIT_S} s:\n{log_path.read_text()[-3000:]}")
 
 
 def query(prometheus: str, promql: str) -> list[dict]:
