@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import HTTPException, Request, Response
+from fastapi import Depends, HTTPException, Response
 from litserve.specs.base import LitSpec
 from litserve.utils import LitAPIStatus, ResponseBufferItem
 
@@ -68,18 +68,16 @@ class PredictSpec(LitSpec):
         return state
 
     def _make_endpoint(self, request_model: type) -> Callable[..., Any]:
-        async def predict(body: Any, request: Request, auth: Any = None) -> Response:
+        """The route function, with a signature built at run time: the body type differs per model."""
+
+        async def predict(body: Any, auth: None = None) -> Response:
             return await self.handle(body.instances)
 
-        from fastapi import Depends
-
+        keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
         predict.__signature__ = inspect.Signature(
             [
-                inspect.Parameter("body", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=request_model),
-                inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
-                inspect.Parameter(
-                    "auth", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=Depends(self._auth)
-                ),
+                inspect.Parameter("body", keyword, annotation=request_model),
+                inspect.Parameter("auth", keyword, default=Depends(self._auth)),
             ],
             return_annotation=PredictResponse,
         )
