@@ -157,6 +157,25 @@ def test_cuda_on_a_machine_without_it_is_refused_at_start_up(tmp_path) -> None:
     assert result.returncode == 1
 
 
+def test_reduced_precision_below_the_required_agreement_is_refused_at_start_up(tmp_path) -> None:
+    config = tmp_path / "tie.yaml"
+    config.write_text(
+        "models:\n  - name: tie\n    source: tests.fixtures.tie_model:build\n    precision: bf16\n"
+        "    min_precision_agreement: 0.99\n    monitoring: {enabled: false}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "serve", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = result.stdout + result.stderr  # the worker's traceback goes through LitServe's logger
+    assert result.returncode == 1
+    assert "bf16 agrees with fp32 on only 0.0000" in output
+    assert "worker(s) failed to start" in output
+
+
 def test_unknown_model_in_config_is_refused_with_a_clear_message(tmp_path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("models:\n  - name: nope-model\n")
