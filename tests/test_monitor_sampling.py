@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from service.monitoring.monitor import SamplingController
+from service.monitoring.sampling import SamplingController
 
 
 def simulate(
