@@ -2,7 +2,15 @@
 # Every GPU check in one unattended run (about 9 minutes on an H100/H200): hook overhead with CUDA events,
 # fp32/bf16/fp16 raw and served timings with agreement, and an end-to-end CUDA serving check.
 # Usage on a CUDA machine, from the repository root: OUT=results/gpu bash benchmarks/gpu_checks.sh
-# Python packages the machine lacks can be carried as wheels in .whl/ (installed to /tmp/site).
+# (through the device tool, which returns at most 8 files: carry .whl, then
+#  OUT=/tmp/gpu bash benchmarks/gpu_checks.sh; tar czf "$OUT/gpu.tgz" -C /tmp gpu)
+# Python packages the machine lacks are carried as wheels in .whl/ (installed to /tmp/site). The lent GPU
+# machines have torch, numpy, yaml, requests and prometheus-client but not LitServe/FastAPI/pydantic; fetch
+# them for its Python 3.12 once, here:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     litserve==0.2.19 fastapi==0.165.0 uvicorn==0.54.0 pydantic==2.14.4 pydantic-core==2.50.5 \
+#     starlette==1.10.0 annotated-types typing-inspection annotated-doc pyzmq opentelemetry-api
 set -uo pipefail
 OUT="${OUT:-benchmarks/results/gpu}"
 mkdir -p "$OUT"
