@@ -24,7 +24,6 @@ numpy and the project (plus PyYAML, which the project needs anyway).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import platform
@@ -41,8 +40,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from service.runtime import autocast, synchronize
+
 PRECISIONS = ("fp32", "bf16", "fp16")
-AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 MODELS = ("resnet-bench", "digits-transformer")
 RAW_BATCHES = {"resnet-bench": (1, 64, 256), "digits-transformer": (1, 64, 512)}
 SERVED_CONCURRENCY = (1, 64)
@@ -82,17 +82,6 @@ class Deadline:
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AUTOCAST[precision])
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # --- inputs and agreement ---------------------------------------------------------------------------

@@ -22,15 +22,18 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 OK_INSTANCE = [1.0, 2.0, 3.0, 4.0]
 
 
-def slow_config(timeout_s: float = 1.0, **model_overrides) -> dict:
-    slow = {
-        "name": "slow",
+def slow_model(name: str, delay_ms: float, **settings) -> dict:
+    """A served copy of tests/fixtures/slow_model.py, unmonitored (the tests time it)."""
+    return {
+        "name": name,
         "source": "tests.fixtures.slow_model:build",
-        "overrides": {"delay_ms": 300},
-        "max_batch_size": 1,
-        "max_queued_requests": 8,
+        "overrides": {"delay_ms": delay_ms},
         "monitoring": {"enabled": False},
+        **settings,
     }
+
+
+def slow_config(timeout_s: float = 1.0, **model_overrides) -> dict:
     return {
         "server": {
             "request_timeout_s": timeout_s,
@@ -38,15 +41,8 @@ def slow_config(timeout_s: float = 1.0, **model_overrides) -> dict:
             "auth": {"api_key_env": "TEST_HOOKSERVE_KEY"},
         },
         "models": [
-            {**slow, **model_overrides},
-            {
-                "name": "batchy",
-                "source": "tests.fixtures.slow_model:build",
-                "overrides": {"delay_ms": 20},
-                "max_batch_size": 16,
-                "batch_timeout_ms": 150,
-                "monitoring": {"enabled": False},
-            },
+            slow_model("slow", 300, **{"max_batch_size": 1, "max_queued_requests": 8, **model_overrides}),
+            slow_model("batchy", 20, max_batch_size=16, batch_timeout_ms=150),
             {
                 "name": "digits-bf16",
                 "source": "digits-cnn",
