@@ -2,7 +2,7 @@
 
 ``POST /v1/models/{name}:predict`` with ``{"instances": [...]}`` answers
 ``{"model", "model_version", "predictions": [{"label", "label_index", "score", "probabilities"}]}``,
-validated and encoded by the same functions hookserve uses (``service.schemas``), so the two differ only
+validated and encoded by the same functions hookserve uses (``service.http.schemas``, ``service.worker.worker``), so the two differ only
 in how a request reaches the model: here the model runs inline on the event loop, one request at a time
 -- the fastest shape for one process and one torch thread (a thread-pool hop would add a context switch
 and the GIL would serialize the work anyway).
@@ -14,14 +14,14 @@ request type is built at run time.
 """
 
 import argparse
-import json
 
 import torch
 import uvicorn
 from fastapi import FastAPI, Response
 
 from models.checkpoint import load_pretrained
-from service.schemas import build_request_model, encode_predictions
+from service.http.schemas import build_request_model
+from service.worker.worker import encode_predictions
 
 
 def build_app(model_name: str, device: str = "cpu", max_instances: int = 64) -> FastAPI:
@@ -43,8 +43,8 @@ def build_app(model_name: str, device: str = "cpu", max_instances: int = 64) -> 
         x = torch.from_numpy(body.instances).to(torch_device)
         with torch.inference_mode():
             probabilities = model(x).float().cpu().numpy()
-        predictions = json.dumps(encode_predictions(probabilities, model.output_spec), separators=(",", ":"))
-        return Response(prefix + predictions.encode() + b"}", media_type="application/json")
+        predictions = encode_predictions(probabilities, model.output_spec)
+        return Response(prefix + predictions + b"}", media_type="application/json")
 
     app.post(f"/v1/models/{model_name}:predict")(predict)
     return app

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.runtime import autocast, synchronize
+from service.worker.runtime import autocast, synchronize
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 MODELS = ("resnet-bench", "digits-transformer")

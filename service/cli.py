@@ -11,6 +11,10 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.app import Server
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 logger = logging.getLogger("hookserve")
@@ -44,18 +48,26 @@ def _run_server(args: argparse.Namespace) -> int:
     try:
         from service.app import build_server
         from service.lifecycle import GracefulShutdown
+        from service.orphans import forked_children_die_with_parent
 
-        server, drain, gates = build_server(config)
-        shutdown = GracefulShutdown(drain, gates, server_cfg.shutdown_grace_s, stop=lambda: _stop(server))
+        server = build_server(config)
+        forked_children_die_with_parent()
+        shutdown = GracefulShutdown(
+            server.plan.drain,
+            server.plan.gates.values(),
+            server_cfg.shutdown_grace_s,
+            stop=lambda: _stop(server),
+        )
         shutdown.install()
         names = ", ".join(m.name for m in config.models)
         logger.info("serving %s on http://%s:%d (metrics at /metrics, docs at /docs)", names, host, port)
-        server.run(
+        server.litserver.run(
             host=host,
             port=port,
             num_api_servers=server_cfg.api_servers,
             log_level=server_cfg.log_level,
             generate_client_file=False,
+            access_log=server_cfg.access_log,
         )
         return 0
     except KeyboardInterrupt:
@@ -66,15 +78,13 @@ def _run_server(args: argparse.Namespace) -> int:
         return 1
 
 
-def _stop(server: object) -> None:
-    """End LitServer.run(): set its shutdown event, or, while it is still starting, interrupt start-up."""
-    event = getattr(server, "_shutdown_event", None)
-    if event is None:
+def _stop(server: Server) -> None:
+    """End LitServer.run(): supervision first (stopping workers is no crash), then LitServe's shutdown."""
+    server.supervisor.stop()
+    if not server.litserver.request_stop():
         import _thread
 
-        _thread.interrupt_main()
-    else:
-        event.set()
+        _thread.interrupt_main()  # still starting: interrupt start-up instead
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -45,6 +45,19 @@ class AuthConfig(_Strict):
         return os.environ.get(self.api_key_env) or None
 
 
+class RestartPolicy(_Strict):
+    """How dead inference workers are restarted (see service/supervisor.py)."""
+
+    max_restarts: int = Field(
+        default=5, ge=0, description="Restarts of a worker allowed within window_s; then it stays down."
+    )
+    window_s: float = Field(default=300.0, gt=0, description="The window max_restarts counts over.")
+    backoff_initial_s: float = Field(
+        default=0.5, ge=0, description="Wait before the first restart; doubles with each one in the window."
+    )
+    backoff_max_s: float = Field(default=30.0, ge=0, description="Upper bound of the wait.")
+
+
 class ServerConfig(_Strict):
     host: Literal["127.0.0.1", "0.0.0.0", "::"] = "127.0.0.1"
     port: int = Field(default=8000, ge=1024, le=65535)
@@ -57,7 +70,11 @@ class ServerConfig(_Strict):
         default=20.0, gt=0, description="On SIGTERM/SIGINT, how long in-flight requests may take to finish."
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = Field(
+        default=False, description="One uvicorn log line per request (costs CPU on the hot path)."
+    )
     auth: AuthConfig = AuthConfig()
+    worker_restarts: RestartPolicy = RestartPolicy()
 
 
 class ModelServeConfig(_Strict):

@@ -1,8 +1,8 @@
-"""Process lifecycle LitServe 0.2.19 lacks: signal-driven drain, and no orphaned children.
+"""Process lifecycle LitServe 0.2.19 lacks: runtime folders, signal-driven drain, no orphaned children.
 
 LitServe installs no SIGTERM handler (SIGTERM kills only the main process, leaving API servers and
 workers serving as orphans), and a Ctrl-C reaches every process of the group at once. Here the main
-process owns shutdown:
+process owns shutdown (an unclean death of the main process is :mod:`service.orphans`' job):
 
 1. SIGTERM or SIGINT flips the shared :class:`DrainSwitch`: new predictions get 503 + Retry-After and
    ``/health`` answers 503, so load balancers stop sending traffic;
@@ -22,16 +22,17 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from service.admission import AdmissionGate, DrainSwitch
+from service.http.admission import AdmissionGate, DrainSwitch
+from service.worker_states import RUNTIME_DIR_ENV
 
 logger = logging.getLogger(__name__)
 
 
 def prepare_runtime_dirs() -> Path:
-    """Fresh per-run folders for multiprocess metrics and worker status, set before prometheus_client loads.
+    """Fresh per-run folders (metrics, worker sockets and reports), set before prometheus_client loads.
 
     An operator may pin ``PROMETHEUS_MULTIPROC_DIR`` (e.g. to a tmpfs); its stale files from an earlier run
     would otherwise be summed into this run's counters, so they are removed.
@@ -43,10 +44,8 @@ def prepare_runtime_dirs() -> Path:
     metrics_dir.mkdir(parents=True, exist_ok=True)
     for stale in metrics_dir.glob("*.db"):
         stale.unlink()
-    status_dir = root / "status"
-    status_dir.mkdir()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    os.environ["HOOKSERVE_STATUS_DIR"] = str(status_dir)
+    os.environ[RUNTIME_DIR_ENV] = str(root)
     return root
 
 
@@ -72,10 +71,10 @@ class GracefulShutdown:
     """Turns SIGTERM/SIGINT into drain-then-stop; ``stop`` is what finally ends LitServer.run()."""
 
     def __init__(
-        self, drain: DrainSwitch, gates: Sequence[AdmissionGate], grace_s: float, stop: Callable[[], None]
+        self, drain: DrainSwitch, gates: Iterable[AdmissionGate], grace_s: float, stop: Callable[[], None]
     ) -> None:
         self.drain = drain
-        self.gates = gates
+        self.gates = list(gates)
         self.grace_s = grace_s
         self.stop = stop
         self._signals = 0

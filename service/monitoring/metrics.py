@@ -1,9 +1,9 @@
-"""Every Prometheus metric hookserve exports, in one place (names fixed by ../shared/DESIGN.md §2).
+"""Every Prometheus metric hookserve exports, in one place (the frozen names are listed in docs/contracts.md).
 
 This module only *declares* metrics; what is measured lives in ``hooks.py``/``stats.py`` and the request
 path. LitServe runs API servers and inference workers in separate processes, so metrics work in
 prometheus-client's multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` must be set (see
-:func:`service.runtime.prepare_metrics_dir`) before this module is imported, and ``/metrics`` renders a
+:func:`service.lifecycle.prepare_runtime_dirs`) before this module is imported, and ``/metrics`` renders a
 :class:`MultiProcessCollector` over every process's files. Gauges therefore declare a
 ``multiprocess_mode``.
 """
@@ -74,6 +74,17 @@ REJECTED = Counter(
     "hookserve_rejected_requests_total",
     "Requests refused before reaching a worker, by reason (overload, draining).",
     ["model", "reason"],
+)
+WORKER_RESTARTS = Counter(
+    "hookserve_worker_restarts_total",
+    "Inference workers restarted after they died (SIGKILL, segfault, OOM kill, failed start-up).",
+    ["model"],
+)
+WORKERS_READY = Gauge(
+    "hookserve_workers_ready",
+    "Inference workers warmed up and accepting requests (0 while a model's worker is down or restarting).",
+    ["model"],
+    multiprocess_mode="livesum",
 )
 MODEL_INFO = Gauge(
     "hookserve_model_info",

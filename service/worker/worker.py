@@ -1,12 +1,11 @@
-"""The LitAPI: what one inference worker does with a batch (load, warm up, run, monitor).
+"""The inference worker: what one worker process does for its model (load, warm up, run, monitor).
 
-Runs in a spawned worker process. The model is called only as ``self.model(x)`` — through
-``nn.Module.__call__`` — so the monitor's forward hooks see every pass.
+A LitServe ``LitAPI``, run in a spawned process. The model is called only as ``self.model(x)`` —
+through ``nn.Module.__call__`` — so the monitor's forward hooks see every pass.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -14,18 +13,19 @@ import time
 import warnings
 from typing import Any
 
-import litserve as ls
 import numpy as np
+import orjson
 import torch
 
-from models.base import ServableModel
-from service.admission import DrainSwitch
-from service.batching import InstanceBatchingLoop, WorkItem
+from models.base import OutputSpec, ServableModel
 from service.config import ModelServeConfig
+from service.litserve_compat import LitAPI, RoutelessSpec, worker_id
 from service.logs import configure_logging
 from service.model_loading import load_served_model
 from service.monitoring.metrics import MODEL_FORWARD, MODEL_INFO, OUTPUT_NONFINITE, PRECISION_AGREEMENT
-from service.runtime import (
+from service.orphans import die_with_parent
+from service.worker.batching import InstanceBatchingLoop
+from service.worker.runtime import (
     StartupError,
     calibration_batch,
     check_precision,
@@ -35,56 +35,55 @@ from service.runtime import (
     serving_mode,
     synchronize,
     warm_up,
-    write_status,
 )
-from service.schemas import encode_predictions
-from service.spec import PredictSpec
+from service.worker_states import WorkerState, WorkerStates, write_report
 
 logger = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, list[int]]
 
 
-class ModelAPI(ls.LitAPI):
-    """One served model. Its HTTP side is :class:`~service.spec.PredictSpec`."""
+def encode_predictions(probabilities: np.ndarray, output_spec: OutputSpec) -> bytes:
+    """The JSON array of predictions for a float32 probability matrix, one object per row."""
+    indices = probabilities.argmax(axis=1).tolist()
+    labels = output_spec.labels
+    return orjson.dumps(
+        [
+            {"label": labels[i], "label_index": i, "score": row[i], "probabilities": row}
+            for i, row in zip(indices, probabilities, strict=True)
+        ],
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
 
-    def __init__(self, config: ModelServeConfig, spec: PredictSpec, drain: DrainSwitch) -> None:
+
+class ModelWorker(LitAPI):
+    """One served model in one worker process. Its requests come from the API servers' predict routes."""
+
+    def __init__(self, config: ModelServeConfig, states: WorkerStates) -> None:
         with warnings.catch_warnings():
             # LitAPI warns when batch/unbatch exist but max_batch_size is 1; our loop handles both cases.
             warnings.filterwarnings("ignore", message="The LitServer has both batch and unbatch")
             super().__init__(
                 max_batch_size=config.max_batch_size,
                 batch_timeout=config.batch_timeout_ms / 1000.0,
-                spec=spec,
+                spec=RoutelessSpec(config.route),
                 loop=InstanceBatchingLoop(),
             )
         self.config = config
         self.model_name = config.name
         self.model: ServableModel | None = None
         self.monitor: Any = None
-        self.drain = drain
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["drain"] = None  # API-server state; the worker never needs it
-        return state
-
-    async def authorize(self) -> None:
-        """LitServe's route dependency. Without this method LitServe adds a plain-``def`` no-op, which FastAPI
-        runs in its thread pool on every request (measured: -30 % req/s at 32 clients). Auth itself is
-        :func:`service.http.auth.make_auth_dependency`, on the predict route."""
-
-    def health(self) -> bool:
-        """Called by LitServe's /health in the API server: not ready once a drain has started."""
-        return not self.drain.draining
+        self.states = states
 
     # --- start-up (in the worker) -----------------------------------------------------------------
     def setup(self, device: str) -> None:
         # Ctrl-C reaches the whole process group; the main process coordinates a drain, so workers
         # must keep serving in-flight requests instead of dying on SIGINT.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        die_with_parent()
         configure_logging()
         cfg = self.config
+        self.states.set(cfg.name, worker_id(), WorkerState.STARTING, os.getpid())
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         self.torch_device = resolve_device(cfg.device)
@@ -114,10 +113,11 @@ class ModelAPI(ls.LitAPI):
         PRECISION_AGREEMENT.labels(cfg.name).set(report.top1_agreement if report else 1.0)
         MODEL_INFO.labels(cfg.name, cfg.version, str(self.torch_device), cfg.precision).set(1)
         OUTPUT_NONFINITE.labels(cfg.name)  # exported at 0 from the start, so increase() sees the first one
-        write_status(
+        write_report(
             cfg.name,
-            int(os.environ.get("LITSERVE_WORKER_ID", "0")),
+            worker_id(),
             {
+                "worker": worker_id(),
                 "pid": os.getpid(),
                 "device": str(self.torch_device),
                 "precision": cfg.precision,
@@ -141,8 +141,8 @@ class ModelAPI(ls.LitAPI):
         return monitor
 
     # --- the LitAPI lifecycle, per batch ------------------------------------------------------------
-    def decode_request(self, request: WorkItem, **kwargs: Any) -> torch.Tensor:
-        return torch.from_numpy(request.instances)
+    def decode_request(self, request: np.ndarray, **kwargs: Any) -> torch.Tensor:
+        return torch.from_numpy(request)
 
     def batch(self, inputs: list[torch.Tensor]) -> Batch:
         sizes = [int(t.shape[0]) for t in inputs]
@@ -179,4 +179,4 @@ class ModelAPI(ls.LitAPI):
             raise ValueError(f"{int(bad.sum())} of {len(output)} instance(s) got non-finite probabilities")
         # JSON is built here, in the worker, so the API server only frames it: one bytes object
         # crosses the process boundary instead of a tree of Python floats.
-        return json.dumps(encode_predictions(output, self.model.output_spec), separators=(",", ":")).encode()
+        return encode_predictions(output, self.model.output_spec)

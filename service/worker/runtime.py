@@ -8,13 +8,10 @@ initializing CUDA itself.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
@@ -23,7 +20,6 @@ from models.base import ServableModel, example_batch
 logger = logging.getLogger(__name__)
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-STATUS_DIR_ENV = "HOOKSERVE_STATUS_DIR"
 
 
 class StartupError(RuntimeError):
@@ -120,24 +116,6 @@ def warm_up(model: ServableModel, device: torch.device, precision: str, max_batc
                 model(x)
     synchronize(device)
     return time.perf_counter() - start
-
-
-def write_status(model_name: str, worker_id: int, status: dict) -> None:
-    """Share a worker's start-up facts with the API servers (they answer metadata requests)."""
-    directory = os.environ.get(STATUS_DIR_ENV)
-    if not directory:
-        return
-    path = Path(directory) / f"{model_name}.{worker_id}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(status))
-    tmp.replace(path)
-
-
-def read_status(model_name: str) -> list[dict]:
-    directory = os.environ.get(STATUS_DIR_ENV)
-    if not directory:
-        return []
-    return [json.loads(p.read_text()) for p in sorted(Path(directory).glob(f"{model_name}.*.json"))]
 
 
 def precision_report_dict(report: PrecisionReport) -> dict:

@@ -1,0 +1,133 @@
+"""The outermost layer of every API server: hookserve's own routes first, then the FastAPI app.
+
+Predict routes, ``/health`` and ``/`` are answered here, in plain ASGI, without FastAPI's routing,
+dependency injection and validation: they are the hot path and the probes. Everything else
+(metadata, ``/metrics``, ``/docs``) falls through to FastAPI. It is installed as an ordinary
+Starlette middleware, so each forked API server builds its own on its first ASGI call (the lifespan),
+and connects to the workers before it accepts any request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.http.admission import AdmissionGate, DrainSwitch
+from service.http.asgi import send_error, send_response
+from service.http.predict import PredictRoute, RequestCounter, RouteSettings, predict_path
+from service.http.worker_client import ModelWorkers, keep_connected
+from service.worker_states import WorkerStates
+
+logger = logging.getLogger(__name__)
+UNKNOWN_MODEL = "unknown"  # the model label of predictions for models that are not served
+
+
+def hookserve_version() -> str:
+    try:
+        return version("hookserve")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    """Everything the API servers need, built in the main process before they are forked."""
+
+    routes: list[RouteSettings]
+    gates: dict[str, AdmissionGate]
+    drain: DrainSwitch
+    states: WorkerStates
+
+
+class FrontRouter:
+    """ASGI middleware: serves predict, ``/health`` and ``/``; passes everything else to ``app``."""
+
+    def __init__(self, app: ASGIApp, plan: ServingPlan) -> None:
+        self.app = app
+        self.plan = plan
+        self.pools = {s.model: ModelWorkers(s.model, plan.states) for s in plan.routes}
+        self.routes = {
+            predict_path(s.model): PredictRoute(s, self.pools[s.model], plan.gates[s.model], plan.drain)
+            for s in plan.routes
+        }
+        self._unknown = RequestCounter(UNKNOWN_MODEL)
+        self._connector: asyncio.Task | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            route = self.routes.get(path)
+            if route is not None:
+                await route(scope, receive, send)
+                return
+            if path == "/health":
+                await self.health(send)
+                return
+            if path == "/":
+                await self.index(send)
+                return
+            if path.startswith("/v1/models/") and path.endswith(":predict"):
+                await self.unknown_model(path, send)
+                return
+        elif scope["type"] == "lifespan":
+            await self.app(scope, self._watch_lifespan(receive), send)
+            return
+        await self.app(scope, receive, send)
+
+    # -- probes and index
+    async def health(self, send: Send) -> None:
+        """200 only when every model has a live, warmed-up worker and no drain has started."""
+        states = self.plan.states
+        models = {name: states.model_state(name).name.lower() for name in self.pools}
+        if self.plan.drain.draining:
+            status, code = "draining", 503
+        elif states.all_ready():
+            status, code = "ready", 200
+        else:
+            status, code = "not ready", 503
+        await send_response(send, code, orjson.dumps({"status": status, "models": models}))
+
+    async def index(self, send: Send) -> None:
+        body = {
+            "name": "hookserve",
+            "version": hookserve_version(),
+            "models": sorted(self.pools),
+            "links": {"models": "/v1/models", "health": "/health", "metrics": "/metrics", "docs": "/docs"},
+        }
+        await send_response(send, 200, orjson.dumps(body))
+
+    async def unknown_model(self, path: str, send: Send) -> None:
+        name = path.removeprefix("/v1/models/").removesuffix(":predict")
+        await send_error(send, 404, f"model {name!r} is not served; served: {sorted(self.pools)}")
+        self._unknown.record(404, 0.0)
+
+    # -- per-process start and stop
+    def _watch_lifespan(self, receive: Receive) -> Receive:
+        async def watched() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self._start()
+            elif message["type"] == "lifespan.shutdown":
+                await self._stop()
+            return message
+
+        return watched
+
+    async def _start(self) -> None:
+        for pool in self.pools.values():
+            await pool.connect_missing()
+        self._connector = asyncio.create_task(keep_connected(self.pools.values()), name="worker-links")
+
+    async def _stop(self) -> None:
+        if self._connector is not None:
+            self._connector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connector
+        for pool in self.pools.values():
+            pool.close()

@@ -1,0 +1,112 @@
+"""The one door to LitServe (pinned: 0.2.19). Every use of something outside its documented API is here.
+
+hookserve uses LitServe for what it does well: spawning inference workers (``LitAPI`` + ``LitLoop``),
+forking uvicorn API servers from one FastAPI app, and its shutdown sequence. It does not use
+LitServe's request path: predict routes are served by :mod:`service.http.front`, and requests reach
+workers over :mod:`service.messages` frames rather than LitServe's queues. Each touch point below has
+a test in ``tests/test_litserve_compat.py`` that fails loudly if an upgrade moves it:
+
+1. ``LitServer._start_worker_monitoring`` is replaced: LitServe's monitor shuts the whole server down
+   when one worker dies; :mod:`service.supervisor` restarts it instead.
+2. ``LitServer.verify_worker_status`` is replaced: start-up waits for every worker of every model
+   (LitServe waits for any one).
+3. ``LitServer.launch_single_inference_worker`` and ``LitServer.inference_workers`` let the
+   supervisor start a replacement worker that LitServe's shutdown will also stop.
+4. ``LitServer._shutdown_event`` ends ``run()`` (our SIGTERM drain sets it).
+5. LitServe appends a ``GZipMiddleware`` to every app; it is removed (prediction bodies are small, and
+   gzip costs CPU on the hot path).
+6. ``RoutelessSpec`` is a ``LitSpec`` without endpoints, so LitServe registers no route of its own for
+   a model's ``api_path``; the ``LITSERVE_WORKER_ID`` variable names the worker inside its process.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import litserve as ls
+from litserve import LitAPI
+from litserve.loops.base import LitLoop
+from litserve.specs.base import LitSpec
+from litserve.utils import WorkerSetupStatus
+from starlette.middleware.gzip import GZipMiddleware
+
+__all__ = ["CompatLitServer", "LitAPI", "LitLoop", "RoutelessSpec", "worker_id"]
+logger = logging.getLogger(__name__)
+WORKER_ID_ENV = "LITSERVE_WORKER_ID"
+
+
+def worker_id() -> int:
+    """This inference worker's index among its model's workers (LitServe sets it before ``setup``)."""
+    return int(os.environ.get(WORKER_ID_ENV, "0"))
+
+
+class RoutelessSpec(LitSpec):
+    """Names a model's ``api_path`` without registering an endpoint: hookserve's router serves it."""
+
+    def __init__(self, api_path: str) -> None:
+        super().__init__()
+        self.api_path = api_path
+
+    def decode_request(self, request: Any, context_kwargs: dict | None = None) -> Any:
+        return request
+
+    def encode_response(self, output: Any, context_kwargs: dict | None = None) -> Any:
+        return output
+
+
+class CompatLitServer(ls.LitServer):
+    """A LitServer whose worker monitoring, start-up check and stop are hookserve's."""
+
+    startup_timeout_s = 600.0
+
+    def __init__(self, *args: Any, on_serving: Callable[[], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_serving = on_serving
+        self.app.user_middleware = [m for m in self.app.user_middleware if m.cls is not GZipMiddleware]
+
+    # -- touch point 1: called by run() once the API servers are up
+    def _start_worker_monitoring(self, manager: Any, uvicorn_workers: dict) -> None:
+        if self._on_serving is not None:
+            self._on_serving()
+
+    # -- touch point 2
+    def verify_worker_status(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while True:
+            states = dict(self.workers_setup_status)
+            failed = sorted(k for k, v in states.items() if v == WorkerSetupStatus.ERROR)
+            if failed:
+                raise RuntimeError(
+                    f"worker(s) failed to start: {', '.join(failed)} (the cause is logged above)"
+                )
+            if states and all(v == WorkerSetupStatus.READY for v in states.values()):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"workers not ready after {self.startup_timeout_s:.0f} s: {states}")
+            time.sleep(0.05)
+
+    # -- touch point 3
+    def worker_processes(self) -> list[mp.Process]:
+        """The inference worker processes LitServe started (and will stop at shutdown)."""
+        return list(getattr(self, "inference_workers", []))
+
+    def relaunch_worker(self, lit_api: LitAPI, worker: int, dead: mp.Process) -> mp.Process:
+        """Start a new process for ``worker`` of ``lit_api`` in place of ``dead``."""
+        process = self.launch_single_inference_worker(lit_api, worker)
+        workers = self.inference_workers
+        workers[workers.index(dead)] = process
+        return process
+
+    # -- touch point 4
+    def request_stop(self) -> bool:
+        """End ``run()`` gracefully. False while it is still starting (the event does not exist yet)."""
+        event = getattr(self, "_shutdown_event", None)
+        if event is None:
+            return False
+        event.set()
+        return True

@@ -1,0 +1,64 @@
+"""What crosses between an API server and an inference worker: framed batches of requests and replies.
+
+Both sides import this module and nothing of each other. One frame carries *every* request (or reply)
+that was ready at the moment it was written, so a burst of requests costs one write and one wake-up
+on each side instead of one per request.
+
+A frame is a 4-byte little-endian length followed by a pickled list. Pickle is safe here: both ends
+are processes of the same server, talking over a Unix socket in a private runtime folder.
+
+- A request is ``(uid, deadline, enqueued_at, instances)``: ``instances`` a validated float32 array
+  shaped ``[n, *input_shape]``; ``deadline`` and ``enqueued_at`` are on ``time.monotonic()``, one
+  clock for every process of the machine.
+- A reply is ``(uid, status, body)``: ``status`` an HTTP status code; ``body`` the predictions JSON
+  array for 200, else the error message (UTF-8).
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from typing import Any
+
+import numpy as np
+
+Request = tuple[int, float, float, np.ndarray]
+Reply = tuple[int, int, bytes]
+
+_HEADER = struct.Struct("<I")
+MAX_FRAME_BYTES = 1 << 31
+
+
+def encode_frame(items: list[Any]) -> bytes:
+    """One frame holding ``items`` (requests or replies)."""
+    payload = pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(payload)) + payload
+
+
+class FrameDecoder:
+    """Turns a byte stream into the lists that :func:`encode_frame` framed, however it was split."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        """Every item of every frame completed by ``data``, in order."""
+        buffer = self._buffer
+        buffer += data
+        items: list[Any] = []
+        offset = 0
+        end = len(buffer)
+        while end - offset >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(buffer, offset)
+            if length >= MAX_FRAME_BYTES:
+                raise ValueError(f"frame of {length} bytes is larger than {MAX_FRAME_BYTES}")
+            start = offset + _HEADER.size
+            if end - start < length:
+                break
+            items.extend(pickle.loads(buffer[start : start + length]))
+            offset = start + length
+        if offset:
+            del buffer[:offset]
+        return items

@@ -1,0 +1,1 @@
+"""The inference worker: a spawned process that loads one model, batches requests and runs them."""

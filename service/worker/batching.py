@@ -1,0 +1,139 @@
+"""The inference worker's loop: dynamic batching by instance count, deadlines, and failure isolation.
+
+LitServe runs it in the worker process after ``setup`` (it is a ``LitLoop``). It takes requests from
+the worker's own :class:`~service.worker.inbox.Inbox` rather than LitServe's queues, and:
+
+* blocks for the first request, then takes whatever else is already queued, up to ``max_batch_size``
+  instances, and waits at most ``batch_timeout`` more only if that is configured: at low load a
+  request runs at once; under load batches fill up while the previous batch runs;
+* answers requests whose deadline passed in the queue with 504 without running them;
+* when a batched forward pass raises, re-runs each request on its own so only the culprit fails;
+* sends each API server one frame with all of its replies per batch.
+
+It calls the LitAPI's ``decode_request``, ``batch``, ``predict``, ``unbatch`` and ``encode_response``
+in that order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import defaultdict
+from typing import Any
+
+from service.litserve_compat import LitLoop
+from service.messages import Reply, Request
+from service.monitoring.metrics import BATCH_SIZE, QUEUE_WAIT, WORKERS_READY
+from service.worker.inbox import Connection, Inbox
+from service.worker_states import WorkerState
+
+logger = logging.getLogger(__name__)
+Queued = tuple[Connection, Request]
+INTERNAL_ERROR = b"internal error while running the model"
+
+
+def _size(item: Queued) -> int:
+    return int(item[1][3].shape[0])
+
+
+def collect(inbox: Inbox, max_instances: int, batch_timeout: float, idle_wait: float = 1.0) -> list[Queued]:
+    """One batch: at least one request (waiting up to ``idle_wait``), at most ``max_instances`` instances.
+
+    A request larger than ``max_instances`` still runs, alone.
+    """
+    if not inbox.pending:
+        inbox.poll(idle_wait)
+    inbox.poll(0)  # whatever else arrived meanwhile joins this batch
+    pending = inbox.pending
+    if not pending:
+        return []
+    batch = [pending.popleft()]
+    size = _size(batch[0])
+    wait_until = time.monotonic() + batch_timeout
+    while size < max_instances:
+        if not pending:
+            remaining = wait_until - time.monotonic()
+            if remaining <= 0:
+                break
+            inbox.poll(remaining)
+            if not pending:
+                continue
+        if size + _size(pending[0]) > max_instances:
+            break
+        item = pending.popleft()
+        batch.append(item)
+        size += _size(item)
+    return batch
+
+
+class InstanceBatchingLoop(LitLoop):
+    """A LitServe loop serving the worker's inbox (see the module docstring)."""
+
+    def _run(self, lit_api: Any, requests: list[Queued]) -> list[Any]:
+        """One output per request: the model's answers, unbatched (not yet encoded)."""
+        inputs = [lit_api.decode_request(request[3]) for _, request in requests]
+        return lit_api.unbatch(lit_api.predict(lit_api.batch(inputs)))
+
+    def process(self, lit_api: Any, batch: list[Queued], replies: dict[Connection, list[Reply]]) -> None:
+        """Run one batch; add each request's reply to ``replies`` under its connection."""
+        model_name = lit_api.model_name
+        now = time.monotonic()
+        live = []
+        for connection, request in batch:
+            uid, deadline, enqueued_at, _ = request
+            if deadline <= now:
+                replies[connection].append((uid, 504, b"request deadline passed while queued"))
+            else:
+                QUEUE_WAIT.labels(model_name).observe(now - enqueued_at)
+                live.append((connection, request))
+        if not live:
+            return
+        BATCH_SIZE.labels(model_name).observe(sum(_size(item) for item in live))
+        try:
+            outputs = self._run(lit_api, live)
+        except Exception:
+            if len(live) == 1:
+                logger.exception("model %s failed on request %s", model_name, live[0][1][0])
+                replies[live[0][0]].append((live[0][1][0], 500, INTERNAL_ERROR))
+                return
+            logger.warning("batched forward of %d requests failed; retrying them one by one", len(live))
+            for item in live:
+                self.process(lit_api, [item], replies)
+            return
+        for (connection, request), output in zip(live, outputs, strict=True):
+            try:  # encoding is per request: an answer that cannot be sent (NaN output) fails alone
+                replies[connection].append((request[0], 200, lit_api.encode_response(output)))
+            except Exception:
+                logger.exception("model %s: cannot answer request %s", model_name, request[0])
+                replies[connection].append((request[0], 500, INTERNAL_ERROR))
+
+    def __call__(
+        self,
+        lit_api: Any,
+        device: str,
+        worker_id: int,
+        request_queue: Any,
+        transport: Any,
+        workers_setup_status: dict,
+        callback_runner: Any,
+        lit_spec: Any = None,
+        stream: bool = False,
+    ) -> None:
+        """LitServe's entry point, called once setup is done. Its queues are not used (see the module)."""
+        states, model_name = lit_api.states, lit_api.model_name
+        inbox = Inbox(states.socket_path(model_name, worker_id))
+        states.set(model_name, worker_id, WorkerState.READY, os.getpid())
+        WORKERS_READY.labels(model_name).set(1)
+        logger.info("%s worker %d accepting requests", model_name, worker_id)
+        try:
+            while True:
+                batch = collect(inbox, lit_api.max_batch_size, lit_api.batch_timeout)
+                if not batch:
+                    continue
+                replies: dict[Connection, list[Reply]] = defaultdict(list)
+                self.process(lit_api, batch, replies)
+                for connection, answers in replies.items():
+                    inbox.send(connection, answers)
+        finally:
+            inbox.close()

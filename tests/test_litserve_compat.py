@@ -1,0 +1,101 @@
+"""Each LitServe internal that service/litserve_compat.py relies on is still where it expects it.
+
+If a LitServe upgrade moves one of these, this file fails and names it; the live tests would fail too,
+but less clearly. One test per touch point, numbered as in the compat module's docstring.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import litserve as ls
+import pytest
+from litserve.loops import loops as litserve_loops
+from litserve.utils import WorkerSetupStatus
+from starlette.middleware.gzip import GZipMiddleware
+
+from service.litserve_compat import WORKER_ID_ENV, CompatLitServer, RoutelessSpec
+from service.worker.batching import InstanceBatchingLoop
+
+
+class EchoAPI(ls.LitAPI):
+    def setup(self, device: str) -> None:
+        pass
+
+    def predict(self, x: object) -> object:
+        return x
+
+
+def run_source() -> str:
+    return inspect.getsource(ls.LitServer.run)
+
+
+def routed_paths(server: ls.LitServer) -> set[str]:
+    return {getattr(route, "path", "") for route in server.app.routes}
+
+
+def test_1_run_calls_the_worker_monitor_hook_that_the_supervisor_replaces() -> None:
+    assert "self._start_worker_monitoring(" in run_source()
+    params = list(inspect.signature(ls.LitServer._start_worker_monitoring).parameters)
+    assert params == ["self", "manager", "uvicorn_workers"]
+    assert CompatLitServer._start_worker_monitoring is not ls.LitServer._start_worker_monitoring
+
+
+def test_2_run_waits_on_verify_worker_status_over_workers_setup_status() -> None:
+    assert "self.verify_worker_status()" in run_source()
+    assert WorkerSetupStatus.READY != WorkerSetupStatus.ERROR  # both names still exist
+    assert "self.workers_setup_status = " in inspect.getsource(ls.LitServer._init_manager)
+
+
+def test_3_a_single_worker_can_be_relaunched_and_run_keeps_the_process_list() -> None:
+    params = list(inspect.signature(ls.LitServer.launch_single_inference_worker).parameters)
+    assert params == ["self", "lit_api", "worker_id"]
+    assert "return process" in inspect.getsource(ls.LitServer.launch_single_inference_worker)
+    assert "self.inference_workers = []" in run_source()
+    assert "self.inference_workers" in inspect.getsource(ls.LitServer._perform_graceful_shutdown)
+
+
+def test_4_run_ends_when_the_shutdown_event_is_set() -> None:
+    assert "self._shutdown_event.wait()" in run_source()
+    assert "self._shutdown_event = " in inspect.getsource(ls.LitServer._init_manager)
+    server = CompatLitServer(EchoAPI())
+    assert server.request_stop() is False, "before run() there is no event to set"
+
+
+def test_5_litserve_adds_gzip_and_the_compat_server_removes_it() -> None:
+    plain = ls.LitServer(EchoAPI())
+    assert any(m.cls is GZipMiddleware for m in plain.app.user_middleware), "LitServe no longer adds gzip"
+    compat = CompatLitServer(EchoAPI())
+    assert not any(m.cls is GZipMiddleware for m in compat.app.user_middleware)
+
+
+def test_6_a_routeless_spec_keeps_litserve_from_registering_a_route() -> None:
+    path = "/v1/models/echo:predict"
+    with_route = ls.LitServer(EchoAPI(api_path=path))
+    assert path in routed_paths(with_route)
+    without = CompatLitServer(EchoAPI(spec=RoutelessSpec(path)))
+    assert path not in routed_paths(without)
+    assert without.litapi_connector.lit_apis[0].api_path == path
+
+
+def test_6_litserve_names_the_worker_in_its_environment() -> None:
+    source = inspect.getsource(litserve_loops.inference_worker)
+    assert f'os.environ["{WORKER_ID_ENV}"] = str(worker_id)' in source
+
+
+@pytest.mark.parametrize(
+    "argument",
+    [
+        "lit_api",
+        "device",
+        "worker_id",
+        "request_queue",
+        "transport",
+        "workers_setup_status",
+        "callback_runner",
+    ],
+)
+def test_the_worker_entry_point_calls_our_loop_with_the_arguments_it_accepts(argument: str) -> None:
+    call = inspect.getsource(litserve_loops.inference_worker).split("loop(", 1)[1]
+    assert f"        {argument},\n" in call
+    assert argument in inspect.signature(InstanceBatchingLoop.__call__).parameters
