@@ -4,8 +4,8 @@
 ``{"model", "model_version", "predictions": [{"label", "label_index", "score", "probabilities"}]}``,
 validated and encoded by the same functions hookserve uses (``service.http.schemas``,
 ``service.worker.worker``), so the two differ only in how a request reaches the model: here the model
-runs inline on the event loop, one request at a time -- the fastest shape for one process and one torch thread (a thread-pool hop would add a context switch
-and the GIL would serialize the work anyway).
+runs inline on the event loop, one request at a time -- the fastest shape for one process and one torch
+thread (a thread-pool hop would add a context switch and the GIL would serialize the work anyway).
 
 ``python -m benchmarks.fastapi_peer --model digits-cnn --port 8001 --threads 1``
 
