@@ -60,8 +60,6 @@ class HookserveSettings:
     overrides: dict[str, Any] = field(default_factory=dict)
     # Any other per-model key of hookserve's config, e.g. {"min_precision_agreement": 0.0}.
     model_extra: dict[str, Any] = field(default_factory=dict)
-    # Benchmark-only patches to try a fix before adopting it (see benchmarks.patched_serve).
-    patches: tuple[str, ...] = ()
 
     def config(self, port: int) -> dict[str, Any]:
         model: dict[str, Any] = {
@@ -221,12 +219,7 @@ def start_hookserve(label: str, settings: HookserveSettings, workdir: Path) -> S
     port = free_port()
     config_path = workdir / f"{label}.yaml"
     config_path.write_text(yaml.safe_dump(settings.config(port), sort_keys=False))
-    launcher = (
-        ["benchmarks.patched_serve", *(f"--patch={p}" for p in settings.patches)]
-        if settings.patches
-        else ["service"]
-    )
-    command = [sys.executable, "-m", *launcher, "serve", "--config", str(config_path), "--port", str(port)]
+    command = [sys.executable, "-m", "service", "serve", "--config", str(config_path), "--port", str(port)]
     server = ServerProcess(label, command, port, workdir / f"{label}.log", settings.model)
     server.start()
     return server
