@@ -12,16 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
 import torch
-import yaml
 
-from benchmarks.servers import ServerProcess
+from benchmarks.servers import ServerProcess, start_hookserve
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -32,18 +30,14 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def start(config: dict, port: int, log: Path) -> ServerProcess:
-    path = Path(tempfile.mkdtemp()) / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    command = [sys.executable, "-m", "service", "serve", "--config", str(path), "--port", str(port)]
-    server = ServerProcess("cuda-smoke", command, port, log, "resnet-bench")
-    server.start()
+def start(config: dict, label: str, out: Path) -> ServerProcess:
+    server = start_hookserve(label, config, out)  # out/LABEL.yaml, out/LABEL.log
     if not server.wait_ready(240):
         raise RuntimeError(f"hookserve did not start: {server.failure}")
     return server
 
 
-def check_precision(precision: str, port: int, out: Path) -> dict:
+def check_precision(precision: str, out: Path) -> dict:
     config = {
         "server": {"host": "127.0.0.1", "api_servers": 2, "request_timeout_s": 30},
         "models": [
@@ -58,7 +52,7 @@ def check_precision(precision: str, port: int, out: Path) -> dict:
             {"name": "digits-cnn", "device": "cuda", "precision": precision, "max_batch_size": 128},
         ],
     }
-    server = start(config, port, out / f"server_{precision}.log")
+    server = start(config, f"server_{precision}", out)
     base = server.base_url
     checks: dict[str, object] = {"precision": precision}
     try:
@@ -117,7 +111,7 @@ def main() -> int:
         print("no CUDA device: nothing to check", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    results = [check_precision(p, 18000 + i, args.out) for i, p in enumerate(args.precisions.split(","))]
+    results = [check_precision(p, args.out) for p in args.precisions.split(",")]
     (args.out / "cuda_smoke.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     boolean_checks = [v for r in results for v in r.values() if isinstance(v, bool)]
