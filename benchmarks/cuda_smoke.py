@@ -19,15 +19,8 @@ from pathlib import Path
 import requests
 import torch
 
+from benchmarks.metrics_text import samples, sum_samples
 from benchmarks.servers import ServerProcess, start_hookserve
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def start(config: dict, label: str, out: Path) -> ServerProcess:
@@ -74,13 +67,9 @@ def check_precision(precision: str, out: Path) -> dict:
         meta = requests.get(f"{base}/v1/models/resnet-bench", timeout=10).json()
         time.sleep(1.5)
         text = requests.get(f"{base}/metrics", timeout=10).text
-        batches = metric(text, "hookserve_batch_size_count", model="resnet-bench")
-        singles = metric(text, "hookserve_batch_size_bucket", model="resnet-bench", le="1.0")
-        module_lines = [
-            ln
-            for ln in text.splitlines()
-            if ln.startswith("hookserve_module_forward_seconds_count{") and "resnet-bench" in ln
-        ]
+        batches = sum_samples(text, "hookserve_batch_size_count", model="resnet-bench")
+        singles = sum_samples(text, "hookserve_batch_size_bucket", model="resnet-bench", le="1.0")
+        module_counts = samples(text, "hookserve_module_forward_seconds_count", model="resnet-bench")
         checks.update(
             all_200=codes.count(200) == len(codes),
             probabilities_sum_to_1=bool(sums) and all(abs(s - 1) < 1e-2 for s in sums),
@@ -90,11 +79,11 @@ def check_precision(precision: str, out: Path) -> dict:
             precision_check=meta["precision_check"],
             agreement_ok=meta["precision_check"] is not None
             and meta["precision_check"]["top1_agreement"] >= 0.9,
-            monitored_modules=len(module_lines),
-            module_latency_recorded=any(float(ln.rsplit(" ", 1)[1]) > 0 for ln in module_lines),
-            activation_stats=metric(text, "hookserve_activation_std", model="resnet-bench") > 0,
+            monitored_modules=len(module_counts),
+            module_latency_recorded=any(sample.value > 0 for sample in module_counts),
+            activation_stats=sum_samples(text, "hookserve_activation_std", model="resnet-bench") > 0,
             mean_batch_size=round(
-                metric(text, "hookserve_batch_size_sum", model="resnet-bench") / max(batches, 1), 2
+                sum_samples(text, "hookserve_batch_size_sum", model="resnet-bench") / max(batches, 1), 2
             ),
         )
     finally:

@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from benchmarks.metrics_text import samples
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -338,14 +340,12 @@ def metric_totals(server: ServerProcess) -> dict[str, float]:
     status, body = http_get(f"{server.base_url}/metrics")
     if status != 200:
         return {}
+    text = body.decode(errors="replace")
     totals: dict[str, float] = {}
-    selector = f'{{model="{server.model}"}} '
-    for line in body.decode(errors="replace").splitlines():
-        for name in SERVING_HISTOGRAMS:
-            for suffix in ("_sum", "_count"):
-                prefix = name + suffix + selector
-                if line.startswith(prefix):
-                    totals[name + suffix] = float(line[len(prefix) :])
+    for name in SERVING_HISTOGRAMS:
+        for suffix in ("_sum", "_count"):
+            if found := samples(text, name + suffix, model=server.model):
+                totals[name + suffix] = sum(sample.value for sample in found)
     return totals
 
 

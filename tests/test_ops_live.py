@@ -16,8 +16,8 @@ from urllib.parse import urlparse
 import pytest
 import requests
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.metrics_text import parse
 from benchmarks.servers import free_port, wait_for_ok
 from loadtests.payloads import ModelSpec, invalid_requests, valid_batch
 from tests.test_ops_static import (
@@ -62,8 +62,7 @@ def send_traffic(base_url: str, specs: list[ModelSpec], rounds: int, rng: random
 
 
 def exported_names(base_url: str) -> set[str]:
-    text = requests.get(f"{base_url}/metrics", timeout=10).text
-    return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {sample.name for sample in parse(requests.get(f"{base_url}/metrics", timeout=10).text)}
 
 
 def test_every_metric_used_by_dashboards_and_alerts_is_exported(live_server: str) -> None:
