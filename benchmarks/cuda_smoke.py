@@ -12,38 +12,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
 import torch
-import yaml
 
-from benchmarks.servers import ServerProcess
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+from benchmarks.metrics_text import samples, sum_samples
+from benchmarks.servers import ServerProcess, start_hookserve
 
 
-def start(config: dict, port: int, log: Path) -> ServerProcess:
-    path = Path(tempfile.mkdtemp()) / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    command = [sys.executable, "-m", "service", "serve", "--config", str(path), "--port", str(port)]
-    server = ServerProcess("cuda-smoke", command, port, log, "resnet-bench")
-    server.start()
+def start(config: dict, label: str, out: Path) -> ServerProcess:
+    server = start_hookserve(label, config, out)  # out/LABEL.yaml, out/LABEL.log
     if not server.wait_ready(240):
         raise RuntimeError(f"hookserve did not start: {server.failure}")
     return server
 
 
-def check_precision(precision: str, port: int, out: Path) -> dict:
+def check_precision(precision: str, out: Path) -> dict:
     config = {
         "server": {"host": "127.0.0.1", "api_servers": 2, "request_timeout_s": 30},
         "models": [
@@ -58,7 +45,7 @@ def check_precision(precision: str, port: int, out: Path) -> dict:
             {"name": "digits-cnn", "device": "cuda", "precision": precision, "max_batch_size": 128},
         ],
     }
-    server = start(config, port, out / f"server_{precision}.log")
+    server = start(config, f"server_{precision}", out)
     base = server.base_url
     checks: dict[str, object] = {"precision": precision}
     try:
@@ -80,13 +67,9 @@ def check_precision(precision: str, port: int, out: Path) -> dict:
         meta = requests.get(f"{base}/v1/models/resnet-bench", timeout=10).json()
         time.sleep(1.5)
         text = requests.get(f"{base}/metrics", timeout=10).text
-        batches = metric(text, "hookserve_batch_size_count", model="resnet-bench")
-        singles = metric(text, "hookserve_batch_size_bucket", model="resnet-bench", le="1.0")
-        module_lines = [
-            ln
-            for ln in text.splitlines()
-            if ln.startswith("hookserve_module_forward_seconds_count{") and "resnet-bench" in ln
-        ]
+        batches = sum_samples(text, "hookserve_batch_size_count", model="resnet-bench")
+        singles = sum_samples(text, "hookserve_batch_size_bucket", model="resnet-bench", le="1.0")
+        module_counts = samples(text, "hookserve_module_forward_seconds_count", model="resnet-bench")
         checks.update(
             all_200=codes.count(200) == len(codes),
             probabilities_sum_to_1=bool(sums) and all(abs(s - 1) < 1e-2 for s in sums),
@@ -96,11 +79,11 @@ def check_precision(precision: str, port: int, out: Path) -> dict:
             precision_check=meta["precision_check"],
             agreement_ok=meta["precision_check"] is not None
             and meta["precision_check"]["top1_agreement"] >= 0.9,
-            monitored_modules=len(module_lines),
-            module_latency_recorded=any(float(ln.rsplit(" ", 1)[1]) > 0 for ln in module_lines),
-            activation_stats=metric(text, "hookserve_activation_std", model="resnet-bench") > 0,
+            monitored_modules=len(module_counts),
+            module_latency_recorded=any(sample.value > 0 for sample in module_counts),
+            activation_stats=sum_samples(text, "hookserve_activation_std", model="resnet-bench") > 0,
             mean_batch_size=round(
-                metric(text, "hookserve_batch_size_sum", model="resnet-bench") / max(batches, 1), 2
+                sum_samples(text, "hookserve_batch_size_sum", model="resnet-bench") / max(batches, 1), 2
             ),
         )
     finally:
@@ -117,7 +100,7 @@ def main() -> int:
         print("no CUDA device: nothing to check", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    results = [check_precision(p, 18000 + i, args.out) for i, p in enumerate(args.precisions.split(","))]
+    results = [check_precision(p, args.out) for p in args.precisions.split(",")]
     (args.out / "cuda_smoke.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     boolean_checks = [v for r in results for v in r.values() if isinstance(v, bool)]

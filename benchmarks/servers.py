@@ -1,7 +1,8 @@
 """Start, watch and stop the servers under test: hookserve (any config) and the FastAPI peer.
 
-Every server runs on 127.0.0.1 on a free port, in its own process group (so stopping it reaches every
-process it forked or spawned, orphans included), with its log in a file. CPU time is read per process
+Every server runs on 127.0.0.1 on a free port, in its own session and process group (so stopping it
+reaches every process it forked or spawned, orphans included), with its log in a file. The tests start
+their servers with this module too (tests/conftest.py). CPU time is read per process
 and grouped by role (hookserve: main, api, worker, manager), which is how a report attributes the cost
 of a request to the process that pays it.
 """
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from benchmarks.metrics_text import samples
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,8 +63,6 @@ class HookserveSettings:
     overrides: dict[str, Any] = field(default_factory=dict)
     # Any other per-model key of hookserve's config, e.g. {"min_precision_agreement": 0.0}.
     model_extra: dict[str, Any] = field(default_factory=dict)
-    # Benchmark-only patches to try a fix before adopting it (see benchmarks.patched_serve).
-    patches: tuple[str, ...] = ()
 
     def config(self, port: int) -> dict[str, Any]:
         model: dict[str, Any] = {
@@ -91,15 +92,71 @@ class HookserveSettings:
         return {"server": server, "models": [model]}
 
 
-class ServerProcess:
-    """One server under test. ``label`` names it in tables; ``ready()`` says whether it answers."""
+def poll_until_ok(url: str, process: subprocess.Popen, timeout_s: float) -> str | None:
+    """Poll ``url`` until it answers 200. None once it does; otherwise why not (``process`` exited, or
+    ``timeout_s`` passed)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return f"exited with {process.returncode}"
+        if http_get(url, timeout_s=1.0)[0] == 200:
+            return None
+        time.sleep(0.2)
+    return f"not answering 200 on {url} after {timeout_s:.0f} s"
 
-    def __init__(self, label: str, command: list[str], port: int, log_path: Path, model: str) -> None:
+
+def wait_for_ok(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float, what: str) -> None:
+    """Like :func:`poll_until_ok`, but raise RuntimeError, with the tail of ``log_path``, if it fails."""
+    problem = poll_until_ok(url, process, timeout_s)
+    if problem is not None:
+        raise RuntimeError(f"{what} {problem}:\n{read_log(log_path)[-4000:]}")
+
+
+def read_log(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def session_pids(session_id: int) -> list[int]:
+    """Every live (not zombie) process whose session is ``session_id``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getsid(int(entry.name)) == session_id:
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    pids.append(int(entry.name))
+        except (ProcessLookupError, PermissionError, FileNotFoundError):
+            continue
+    return pids
+
+
+class ServerProcess:
+    """One server under test, started in its own session (and so its own process group): stopping it
+    reaches every process it forked or spawned, and ``session_pids()`` shows whether any is left.
+
+    ``label`` names it in tables; ``wait_ready()`` polls ``/health`` until 200; ``log()`` is its output.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        command: list[str],
+        port: int,
+        log_path: Path,
+        model: str = "",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.label = label
         self.command = command
         self.port = port
         self.log_path = log_path
         self.model = model
+        self.extra_env = dict(env or {})
         self.process: subprocess.Popen | None = None
         self.failure: str | None = None
         self.startup_s: float | None = None
@@ -114,59 +171,64 @@ class ServerProcess:
         return f"{self.base_url}/v1/models/{self.model}:predict"
 
     def start(self) -> None:
+        """Start the command. The environment is this process's without hookserve's own settings
+        (``HOOKSERVE_*``) or a multiprocess metrics folder, plus ``env``."""
         env = {
             k: v for k, v in os.environ.items() if not k.startswith(("HOOKSERVE_", "PROMETHEUS_MULTIPROC"))
         }
         env["PYTHONUNBUFFERED"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        self._log = self.log_path.open("wb")
+        env.update(self.extra_env)
         self._started_at = time.monotonic()
-        self.process = subprocess.Popen(
-            self.command,
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # own process group: stop() reaches every descendant
-        )
+        with self.log_path.open("wb") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                self.command,
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own session and process group: stop() reaches every descendant
+            )
 
     def wait_ready(self, timeout_s: float) -> bool:
-        """Poll ``/health`` until 200; False (with ``failure`` set) if the server exits or times out."""
+        """Poll ``/health`` until 200. False, with ``failure`` set and the server stopped, if it exits or
+        time runs out first."""
         assert self.process is not None
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.failure = f"exited with {self.process.returncode}: {self.log_tail()}"
-                return False
-            if http_get(f"{self.base_url}/health")[0] == 200:
-                self.startup_s = time.monotonic() - self._started_at
-                return True
-            time.sleep(0.2)
-        self.failure = f"not healthy after {timeout_s:.0f} s: {self.log_tail()}"
+        problem = poll_until_ok(f"{self.base_url}/health", self.process, timeout_s)
+        if problem is None:
+            self.startup_s = time.monotonic() - self._started_at
+            return True
+        self.failure = f"{problem}: {self.log_tail()}"
         self.stop()
         return False
 
-    def log_tail(self, lines: int = 6) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+    def log(self) -> str:
+        """Everything the server has written to stdout and stderr so far."""
+        return read_log(self.log_path)
 
-    def stop(self, grace_s: float = 15.0) -> None:
-        """SIGINT (hookserve drains gracefully), then SIGKILL whatever is left in the process group."""
+    def log_tail(self, lines: int = 6) -> str:
+        return " | ".join(line.strip() for line in self.log().strip().splitlines()[-lines:])
+
+    def session_pids(self) -> list[int]:
+        """Every live process of the server's session: the server itself and whatever it started."""
+        return session_pids(self.process.pid) if self.process is not None else []
+
+    def stop(self, grace_s: float = 15.0) -> int | None:
+        """SIGTERM (hookserve drains, then stops its children), up to ``grace_s`` to exit, then SIGKILL
+        whatever is left in the session. Returns the exit code (None if never started or not reaped)."""
         if self.process is None:
-            return
+            return None
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGINT)
+                self.process.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=grace_s)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        for pid in self.session_pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
-        self._log.close()
+        return self.process.poll()
 
     # --- CPU accounting by role ------------------------------------------------------------------
     def roles(self) -> dict[str, list[int]]:
@@ -217,17 +279,28 @@ class ServerProcess:
         return totals
 
 
-def start_hookserve(label: str, settings: HookserveSettings, workdir: Path) -> ServerProcess:
+def start_hookserve(
+    label: str | None,
+    config: HookserveSettings | dict[str, Any] | Path,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+) -> ServerProcess:
+    """Start ``python -m service serve`` on a free port with ``config``: a benchmark's settings, a config
+    dict or a config file. Its config (if written here) and log go to ``workdir`` as ``LABEL.yaml`` and
+    ``LABEL.log`` (label ``hookserve-PORT`` by default). Does not wait: call ``wait_ready``."""
     port = free_port()
-    config_path = workdir / f"{label}.yaml"
-    config_path.write_text(yaml.safe_dump(settings.config(port), sort_keys=False))
-    launcher = (
-        ["benchmarks.patched_serve", *(f"--patch={p}" for p in settings.patches)]
-        if settings.patches
-        else ["service"]
-    )
-    command = [sys.executable, "-m", *launcher, "serve", "--config", str(config_path), "--port", str(port)]
-    server = ServerProcess(label, command, port, workdir / f"{label}.log", settings.model)
+    label = label or f"hookserve-{port}"
+    if isinstance(config, HookserveSettings):
+        config = config.config(port)
+    if isinstance(config, dict):
+        config_path = workdir / f"{label}.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    else:
+        config_path = Path(config)
+        config = yaml.safe_load(config_path.read_text()) or {}
+    models = config.get("models") or [{}]
+    command = [sys.executable, "-m", "service", "serve", "--config", str(config_path), "--port", str(port)]
+    server = ServerProcess(label, command, port, workdir / f"{label}.log", models[0].get("name", ""), env)
     server.start()
     return server
 
@@ -267,14 +340,12 @@ def metric_totals(server: ServerProcess) -> dict[str, float]:
     status, body = http_get(f"{server.base_url}/metrics")
     if status != 200:
         return {}
+    text = body.decode(errors="replace")
     totals: dict[str, float] = {}
-    selector = f'{{model="{server.model}"}} '
-    for line in body.decode(errors="replace").splitlines():
-        for name in SERVING_HISTOGRAMS:
-            for suffix in ("_sum", "_count"):
-                prefix = name + suffix + selector
-                if line.startswith(prefix):
-                    totals[name + suffix] = float(line[len(prefix) :])
+    for name in SERVING_HISTOGRAMS:
+        for suffix in ("_sum", "_count"):
+            if found := samples(text, name + suffix, model=server.model):
+                totals[name + suffix] = sum(sample.value for sample in found)
     return totals
 
 

@@ -463,7 +463,6 @@ def sweep_variants(bench: Bench) -> dict[str, HookserveSettings]:
         "torch_threads=2 (= unset here)": replace(base, torch_threads=2),
         "max_batch_size=8": replace(base, max_batch_size=8),
         "max_batch_size=1": replace(base, max_batch_size=1),
-        "async no_auth (patch)": replace(base, patches=("async-auth",)),
     }
 
 

@@ -1,8 +1,9 @@
 """Request bodies for load tests, built from each model's metadata (``GET /v1/models/{name}``).
 
-Valid bodies come from a real labelled data set when one fits the model's input spec (scikit-learn's
-bundled digits and breast-cancer sets: no download), so every answer can be checked against the true
-label; otherwise values are drawn uniformly within the spec's range and only the response's form is
+Valid bodies come from real held-out data when a labelled data set fits the model's input spec: the rows
+of scikit-learn's bundled digits and breast-cancer sets (no download) that the shipped models never
+trained on, so every answer can be checked against the true label and accuracy means what the model
+cards say. Otherwise values are drawn uniformly within the spec's range and only the response's form is
 checked. Invalid bodies cover what clients get wrong: each must be answered 4xx.
 
 Pure Python + numpy (no Locust import), so this module is unit-tested directly.
@@ -49,7 +50,7 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class LabelledData:
-    """Feature rows with their true labels, named as the model names its outputs."""
+    """Held-out feature rows with their true labels, named as the model names its outputs."""
 
     name: str
     features: np.ndarray  # (rows, features), float
@@ -65,14 +66,31 @@ class LabelledData:
         return bool(low_ok and high_ok)
 
 
+# The held-out (test) split of models/datasets.py, rebuilt here because this module runs in the Locust
+# image, which has scikit-learn and numpy but neither torch nor the models package. Same seed, fraction
+# and stratification; tests/test_loadtests.py checks that the rows are exactly that split.
+SPLIT_SEED = 0
+TEST_FRACTION = 0.2
+
+
+def held_out_rows(targets: np.ndarray) -> np.ndarray:
+    """Indices of the held-out rows, in the order models/datasets.py puts them in ``test_x``."""
+    from sklearn.model_selection import train_test_split
+
+    _, test = train_test_split(
+        np.arange(len(targets)), test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=targets
+    )
+    return test
+
+
 @cache
 def digits() -> LabelledData:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    return LabelledData(
-        "digits", bunch.data.astype(float), bunch.target, tuple(str(d) for d in bunch.target_names)
-    )
+    rows = held_out_rows(bunch.target)
+    labels = tuple(str(d) for d in bunch.target_names)
+    return LabelledData("digits", bunch.data[rows].astype(float), bunch.target[rows], labels)
 
 
 @cache
@@ -80,7 +98,9 @@ def breast_cancer() -> LabelledData:
     from sklearn.datasets import load_breast_cancer
 
     bunch = load_breast_cancer()
-    return LabelledData("breast-cancer", bunch.data.astype(float), bunch.target, tuple(bunch.target_names))
+    rows = held_out_rows(bunch.target)
+    labels = tuple(str(name) for name in bunch.target_names)
+    return LabelledData("breast-cancer", bunch.data[rows].astype(float), bunch.target[rows], labels)
 
 
 DATASETS = (digits, breast_cancer)

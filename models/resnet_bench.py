@@ -15,7 +15,8 @@ blocks, ``depth`` blocks per stage, 4 stages of width w, 2w, 4w, 8w) after a str
 
 Cost at the defaults (width=40, depth=2): 0.435 GFLOP per image, 27.8 GFLOP per batch of 64, as counted
 by ``torch.utils.flop_counter.FlopCounterMode`` (2 FLOPs per multiply-add); 4.37 M parameters. That is
-the compute of DESIGN.md's "mid" peer model (ResNet-18 layout, width 40, on 32x32), so numbers compare.
+the compute of a mid-sized CNN, a ResNet-18 layout of width 40 on 32x32 inputs (the stride-2 stem brings
+64x64 down to 32x32), so numbers compare with servers measured on such a model.
 """
 
 from __future__ import annotations

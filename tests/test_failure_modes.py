@@ -12,7 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.conftest import ROOT, RunningServer
+from benchmarks.metrics_text import samples
+from benchmarks.servers import ServerProcess
+from tests.conftest import ROOT
 from tests.fixtures.slow_model import NAN_TRIGGER, POISON
 
 pytestmark = pytest.mark.slow
@@ -54,12 +56,12 @@ def slow_config(timeout_s: float = 1.0, **model_overrides) -> dict:
 
 
 @pytest.fixture(scope="module")
-def slow_server(server_factory) -> RunningServer:
+def slow_server(server_factory) -> ServerProcess:
     return server_factory(slow_config(), env={"TEST_HOOKSERVE_KEY": API_KEY})
 
 
 def post(
-    server: RunningServer, model: str, instances: list, headers: dict | None = AUTH, timeout: float = 30
+    server: ServerProcess, model: str, instances: list, headers: dict | None = AUTH, timeout: float = 30
 ) -> requests.Response:
     return requests.post(
         f"{server.base_url}/v1/models/{model}:predict",
@@ -69,7 +71,7 @@ def post(
     )
 
 
-def test_predict_requires_the_api_key_but_health_and_metrics_stay_open(slow_server: RunningServer) -> None:
+def test_predict_requires_the_api_key_but_health_and_metrics_stay_open(slow_server: ServerProcess) -> None:
     assert post(slow_server, "batchy", [OK_INSTANCE], headers=None).status_code == 401
     wrong = post(slow_server, "batchy", [OK_INSTANCE], headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and "API key" in wrong.json()["error"]
@@ -79,7 +81,7 @@ def test_predict_requires_the_api_key_but_health_and_metrics_stay_open(slow_serv
     assert requests.get(f"{slow_server.base_url}/v1/models", timeout=5).status_code == 401
 
 
-def test_overload_gets_503_with_retry_after_and_past_deadline_gets_504(slow_server: RunningServer) -> None:
+def test_overload_gets_503_with_retry_after_and_past_deadline_gets_504(slow_server: ServerProcess) -> None:
     # 300 ms per request, one at a time, a 1 s deadline and room for 8: of 20 simultaneous requests a few
     # finish, the rest of the admitted ones hit their deadline, and the others are refused at once.
     with ThreadPoolExecutor(max_workers=20) as pool:
@@ -95,7 +97,7 @@ def test_overload_gets_503_with_retry_after_and_past_deadline_gets_504(slow_serv
     assert post(slow_server, "slow", [OK_INSTANCE]).status_code == 200
 
 
-def test_a_failing_instance_does_not_fail_the_requests_batched_with_it(slow_server: RunningServer) -> None:
+def test_a_failing_instance_does_not_fail_the_requests_batched_with_it(slow_server: ServerProcess) -> None:
     poisoned = [POISON, 0.0, 0.0, 0.0]
     with ThreadPoolExecutor(max_workers=8) as pool:
         futures = [
@@ -108,10 +110,10 @@ def test_a_failing_instance_does_not_fail_the_requests_batched_with_it(slow_serv
     assert "internal error" in error and "Traceback" not in error and "poisoned" not in error
     assert "poisoned instance" in slow_server.log(), "the cause is logged on the server"
     metrics = requests.get(f"{slow_server.base_url}/metrics", timeout=5).text
-    assert 'hookserve_requests_total{code="500",model="batchy"}' in metrics
+    assert samples(metrics, "hookserve_requests_total", code="500", model="batchy")
 
 
-def test_a_non_finite_model_output_fails_only_its_request_and_is_counted(slow_server: RunningServer) -> None:
+def test_a_non_finite_model_output_fails_only_its_request_and_is_counted(slow_server: ServerProcess) -> None:
     nan_instance = [NAN_TRIGGER, 0.0, 0.0, 0.0]
     with ThreadPoolExecutor(max_workers=6) as pool:
         futures = [
@@ -122,11 +124,12 @@ def test_a_non_finite_model_output_fails_only_its_request_and_is_counted(slow_se
     assert [r.status_code for r in responses] == [200, 200, 500, 200, 200, 200]
     assert "NaN" not in responses[2].text and "internal error" in responses[2].json()["error"]
     metrics = requests.get(f"{slow_server.base_url}/metrics", timeout=5).text
-    assert 'hookserve_output_nonfinite_total{model="batchy"} 1.0' in metrics
+    nonfinite = samples(metrics, "hookserve_output_nonfinite_total", model="batchy")
+    assert [sample.value for sample in nonfinite] == [1.0]
     assert "non-finite probabilities" in slow_server.log()
 
 
-def test_bf16_on_cpu_serves_and_reports_agreement_with_fp32(slow_server: RunningServer) -> None:
+def test_bf16_on_cpu_serves_and_reports_agreement_with_fp32(slow_server: ServerProcess) -> None:
     meta = requests.get(f"{slow_server.base_url}/v1/models/digits-bf16", headers=AUTH, timeout=5).json()
     assert meta["precision"] == "bf16"
     check = meta["precision_check"]

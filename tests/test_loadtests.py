@@ -22,6 +22,7 @@ import requests
 from loadtests import payloads, scenarios
 from loadtests.payloads import AccuracyTally, ModelSpec, check_predictions, invalid_requests, valid_batch
 from loadtests.slo import Objectives, judge
+from models.datasets import load_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
@@ -94,6 +95,24 @@ def test_digits_models_get_real_labelled_digits_in_their_shape() -> None:
     for instance, label in zip(array, batch.expected, strict=True):
         rows = np.flatnonzero((data.features == instance.reshape(-1)).all(axis=1))
         assert label in {data.labels[data.targets[r]] for r in rows}
+
+
+@pytest.mark.parametrize(
+    ("load", "dataset"), [(payloads.digits, "digits"), (payloads.breast_cancer, "breast_cancer")]
+)
+def test_payload_rows_are_exactly_the_models_held_out_split(load, dataset: str) -> None:
+    data, split = load(), load_dataset(dataset)
+    held_out = split.test_x.reshape(len(split.test_x), -1).numpy()
+    np.testing.assert_array_equal(data.features.astype(np.float32), held_out)
+    np.testing.assert_array_equal(data.targets, split.test_y.numpy())
+    assert data.labels == split.labels
+
+
+def test_valid_bodies_only_hold_held_out_rows() -> None:
+    held_out = {row.tobytes() for row in load_dataset("digits").test_x.reshape(-1, 64).numpy()}
+    spec, rng = ModelSpec.from_metadata(DIGITS_METADATA), random.Random(0)
+    sent = np.concatenate([valid_batch(spec, rng, 8).body["instances"] for _ in range(100)])
+    assert {row.tobytes() for row in sent.reshape(-1, 64).astype(np.float32)} <= held_out
 
 
 def test_instances_per_request_respect_the_model_limit() -> None:

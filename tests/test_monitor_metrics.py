@@ -1,5 +1,5 @@
 """After a monitored batch, every monitoring metric is in the Prometheus exposition, named and labelled
-as DESIGN.md §2 fixes."""
+as docs/contracts.md fixes."""
 
 from __future__ import annotations
 

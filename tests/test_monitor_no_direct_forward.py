@@ -1,6 +1,6 @@
 """The service calls models only through ``model(x)``: a direct ``.forward(`` call skips every forward
-hook, so the monitor would see nothing of that pass (DESIGN §3). Scans ``service/`` with the tokenizer,
-so comments, docstrings and ``def forward`` never count."""
+hook, so the monitor would see nothing of that pass (docs/monitoring.md). Scans ``service/`` with the
+tokenizer, so comments, docstrings and ``def forward`` never count."""
 
 from __future__ import annotations
 

@@ -8,8 +8,9 @@ import time
 import pytest
 import requests
 
+from benchmarks.metrics_text import label_values, samples, sum_samples
 from models.datasets import load_dataset
-from tests.test_serving_http import metric_value, scrape
+from tests.test_serving_http import scrape
 
 pytestmark = pytest.mark.slow
 SERVED = ("digits-cnn", "tabular-mlp", "digits-transformer")
@@ -47,11 +48,7 @@ def after_traffic(live_server: str) -> str:
 
 
 def module_labels(text: str, metric: str, model: str) -> set[str]:
-    return {
-        line.split('module="')[1].split('"')[0]
-        for line in text.splitlines()
-        if line.startswith(metric + "{") and f'model="{model}"' in line and 'module="' in line
-    }
+    return label_values(text, metric, "module", model=model)
 
 
 @pytest.mark.parametrize("model", SERVED)
@@ -67,14 +64,14 @@ def test_every_monitored_module_reports_latency_and_statistics(
     assert module_labels(after_traffic, "hookserve_activation_nonfinite_total", model) == modules
     for module in modules:
         assert (
-            metric_value(after_traffic, "hookserve_module_forward_seconds_count", model=model, module=module)
+            sum_samples(after_traffic, "hookserve_module_forward_seconds_count", model=model, module=module)
             > 0
         )
         assert (
-            metric_value(after_traffic, "hookserve_activation_nonfinite_total", model=model, module=module)
+            sum_samples(after_traffic, "hookserve_activation_nonfinite_total", model=model, module=module)
             == 0
         )
-        fraction = metric_value(
+        fraction = sum_samples(
             after_traffic, "hookserve_activation_zero_fraction", model=model, module=module
         )
         assert 0.0 <= fraction <= 1.0
@@ -85,14 +82,13 @@ def test_drift_is_low_on_held_out_traffic(after_traffic: str, model: str) -> Non
     psi_modules = module_labels(after_traffic, "hookserve_activation_drift_psi", model)
     assert psi_modules, "a drift reference ships with every trained model"
     for module in psi_modules:
-        assert (
-            metric_value(after_traffic, "hookserve_activation_drift_psi", model=model, module=module) < 0.25
-        )
+        assert sum_samples(after_traffic, "hookserve_activation_drift_psi", model=model, module=module) < 0.25
 
 
 @pytest.mark.parametrize("model", SERVED)
 def test_guard_and_overhead_counters_exist(after_traffic: str, model: str) -> None:
-    assert f'hookserve_forward_bypass_total{{model="{model}"}} 0.0' in after_traffic
-    overhead = metric_value(after_traffic, "hookserve_monitor_overhead_seconds_total", model=model)
-    forward = metric_value(after_traffic, "hookserve_monitored_forward_seconds_total", model=model)
+    bypass = samples(after_traffic, "hookserve_forward_bypass_total", model=model)
+    assert [sample.value for sample in bypass] == [0.0]
+    overhead = sum_samples(after_traffic, "hookserve_monitor_overhead_seconds_total", model=model)
+    forward = sum_samples(after_traffic, "hookserve_monitored_forward_seconds_total", model=model)
     assert overhead > 0 and forward > 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,10 +16,10 @@ from urllib.parse import urlparse
 import pytest
 import requests
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.metrics_text import parse
+from benchmarks.servers import free_port, wait_for_ok
 from loadtests.payloads import ModelSpec, invalid_requests, valid_batch
-from tests.conftest import wait_for_ok
 from tests.test_ops_static import (
     ALERT_RULES,
     PROMETHEUS_BUILTINS,
@@ -63,8 +62,7 @@ def send_traffic(base_url: str, specs: list[ModelSpec], rounds: int, rng: random
 
 
 def exported_names(base_url: str) -> set[str]:
-    text = requests.get(f"{base_url}/metrics", timeout=10).text
-    return {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {sample.name for sample in parse(requests.get(f"{base_url}/metrics", timeout=10).text)}
 
 
 def test_every_metric_used_by_dashboards_and_alerts_is_exported(live_server: str) -> None:
@@ -90,12 +88,6 @@ def test_metrics_exposition_passes_promtool_lint(live_server: str) -> None:
 # --- a real Prometheus ------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def prometheus_config(target: str, self_address: str) -> dict:
     """configs/prometheus/prometheus.yml pointed at ``target``, scraping and evaluating every second."""
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
@@ -116,7 +108,7 @@ def prometheus(live_server: str, tmp_path_factory: pytest.TempPathFactory) -> It
     target = urlparse(live_server)
     assert target.hostname == "127.0.0.1", "scrape only the local test server"
     work = tmp_path_factory.mktemp("prometheus")
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     config_path = work / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(prometheus_config(target.netloc, address)))
     log = (work / "prometheus.log").open("wb")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,6 +11,7 @@ import pytest
 import requests
 import torch
 
+from benchmarks.metrics_text import sum_samples
 from models.checkpoint import load_pretrained
 from models.datasets import load_dataset
 
@@ -22,18 +22,6 @@ def predict(base: str, model: str, instances: list, **kwargs) -> requests.Respon
     return requests.post(
         f"{base}/v1/models/{model}:predict", json={"instances": instances}, timeout=30, **kwargs
     )
-
-
-def metric_value(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        sample_labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
-        if all(sample_labels.get(k) == v for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def scrape(base: str) -> str:
@@ -97,8 +85,8 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(live_serve
 
     def batches(text: str, le: str | None = None) -> float:
         if le is None:
-            return metric_value(text, "hookserve_batch_size_count", model="digits-cnn")
-        return metric_value(text, "hookserve_batch_size_bucket", model="digits-cnn", le=le)
+            return sum_samples(text, "hookserve_batch_size_count", model="digits-cnn")
+        return sum_samples(text, "hookserve_batch_size_bucket", model="digits-cnn", le=le)
 
     new_batches = batches(after) - batches(before)
     singles = batches(after, "1.0") - batches(before, "1.0")
@@ -234,14 +222,14 @@ def test_request_metrics_agree_with_requests_sent(live_server: str, digits) -> N
     after = scrape(live_server)
 
     def delta(name: str, **labels: str) -> float:
-        return metric_value(after, name, **labels) - metric_value(before, name, **labels)
+        return sum_samples(after, name, **labels) - sum_samples(before, name, **labels)
 
     assert delta("hookserve_requests_total", model="digits-transformer", code="200") == 7
     assert delta("hookserve_requests_total", model="digits-transformer", code="422") == 3
     assert delta("hookserve_request_duration_seconds_count", model="digits-transformer") == 10
     assert delta("hookserve_queue_wait_seconds_count", model="digits-transformer") == 7
     assert delta("hookserve_model_forward_seconds_count", model="digits-transformer") >= 1
-    assert metric_value(after, "hookserve_inflight_requests", model="digits-transformer") == 0
+    assert sum_samples(after, "hookserve_inflight_requests", model="digits-transformer") == 0
 
 
 def test_metrics_pass_promtool_check(live_server: str) -> None:
