@@ -37,7 +37,7 @@ def test_profile_summary_separates_waiting_from_work(tmp_path):
     raw = tmp_path / "api.txt"
     raw.write_text(
         "run (threading.py:1);Condition.wait (threading.py:327) 90\n"
-        "handle (starlette/routing.py:1);validate (service/schemas.py:72) 6\n"
+        "handle (starlette/routing.py:1);check_instances (service/http/codec.py:72) 6\n"
         "put (multiprocessing/managers.py:1);Connection._send (multiprocessing/connection.py:384) 4\n"
     )
     assert sum(parse_collapsed(raw.read_text()).values()) == 100

@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.conftest import RunningServer
+from benchmarks.metrics_text import sum_samples
+from benchmarks.servers import ServerProcess
 from tests.fixtures.slow_model import POISON
 
 pytestmark = pytest.mark.slow
@@ -45,33 +46,32 @@ def config(max_restarts: int = 5) -> dict:
 
 
 @pytest.fixture(scope="module")
-def server(server_factory) -> RunningServer:
+def server(server_factory) -> ServerProcess:
     return server_factory(config())
 
 
-def predict(server: RunningServer, model: str, instance: list, timeout: float = 30) -> requests.Response:
+def predict(server: ServerProcess, model: str, instance: list, timeout: float = 30) -> requests.Response:
     return requests.post(
         f"{server.base_url}/v1/models/{model}:predict", json={"instances": [instance]}, timeout=timeout
     )
 
 
-def worker_pid(server: RunningServer, model: str) -> int:
+def worker_pid(server: ServerProcess, model: str) -> int:
     meta = requests.get(f"{server.base_url}/v1/models/{model}", timeout=5).json()
     return meta["workers"][0]["pid"]
 
 
-def metadata(server: RunningServer, model: str) -> dict:
+def metadata(server: ServerProcess, model: str) -> dict:
     return requests.get(f"{server.base_url}/v1/models/{model}", timeout=5).json()
 
 
-def health(server: RunningServer) -> int:
+def health(server: ServerProcess) -> int:
     return requests.get(f"{server.base_url}/health", timeout=5).status_code
 
 
-def restarts(server: RunningServer, model: str) -> float:
+def restarts(server: ServerProcess, model: str) -> float:
     text = requests.get(f"{server.base_url}/metrics", timeout=5).text
-    line = f'hookserve_worker_restarts_total{{model="{model}"}} '
-    return float(next(x for x in text.splitlines() if x.startswith(line)).split()[-1])
+    return sum_samples(text, "hookserve_worker_restarts_total", model=model)
 
 
 def wait_until(condition, timeout_s: float, interval_s: float = 0.05) -> float:
@@ -86,12 +86,12 @@ def wait_until(condition, timeout_s: float, interval_s: float = 0.05) -> float:
 class SteadyTraffic:
     """Sends requests to one model in a loop (a thread) and records every status code."""
 
-    def __init__(self, server: RunningServer, model: str, instance: list) -> None:
+    def __init__(self, server: ServerProcess, model: str, instance: list) -> None:
         self.codes: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(server, model, instance), daemon=True)
 
-    def _run(self, server: RunningServer, model: str, instance: list) -> None:
+    def _run(self, server: ServerProcess, model: str, instance: list) -> None:
         while not self._stop.is_set():
             try:
                 self.codes.append(predict(server, model, instance, timeout=10).status_code)
@@ -107,7 +107,7 @@ class SteadyTraffic:
         self._thread.join(timeout=15)
 
 
-def test_a_killed_worker_is_restarted_while_other_models_serve_without_error(server: RunningServer) -> None:
+def test_a_killed_worker_is_restarted_while_other_models_serve_without_error(server: ServerProcess) -> None:
     before = restarts(server, "digits-cnn")
     old_pid = worker_pid(server, "digits-cnn")
     with SteadyTraffic(server, "tabular-mlp", TABULAR) as others:
@@ -130,7 +130,7 @@ def test_a_killed_worker_is_restarted_while_other_models_serve_without_error(ser
     assert "digits-cnn worker 0" in server.log() and "died with exit code -9" in server.log()
 
 
-def test_requests_in_flight_on_a_dying_worker_get_a_prompt_503(server: RunningServer) -> None:
+def test_requests_in_flight_on_a_dying_worker_get_a_prompt_503(server: ServerProcess) -> None:
     pid = worker_pid(server, "slow")
     with ThreadPoolExecutor(max_workers=3) as pool:
         futures = [pool.submit(predict, server, "slow", SLOW) for _ in range(3)]
@@ -146,7 +146,7 @@ def test_requests_in_flight_on_a_dying_worker_get_a_prompt_503(server: RunningSe
     assert predict(server, "slow", SLOW).status_code == 200
 
 
-def test_a_failing_request_is_no_crash_and_restarts_nothing(server: RunningServer) -> None:
+def test_a_failing_request_is_no_crash_and_restarts_nothing(server: ServerProcess) -> None:
     before = restarts(server, "slow")
     assert predict(server, "slow", [POISON, 0, 0, 0]).status_code == 500
     assert predict(server, "slow", SLOW).status_code == 200
