@@ -69,14 +69,12 @@ def build_server(config: HookserveConfig) -> Server:
         workers_per_device={m.route: m.workers for m in config.models},
         timeout=False,  # deadlines are hookserve's (server.request_timeout_s)
         max_payload_size=None,  # the router answers 413 itself
-        middlewares=[
-            (BodySizeLimitMiddleware, {"max_bytes": config.server.max_payload_bytes}),
-            (FrontRouter, {"plan": plan}),  # last = outermost: sees every request first
-        ],
+        middlewares=[(BodySizeLimitMiddleware, {"max_bytes": config.server.max_payload_bytes})],
         on_serving=lambda: _start_supervising(litserver, supervisor, workers),
     )
+    litserver.serve_first(lambda fastapi_app: FrontRouter(fastapi_app, plan))
     supervisor = Supervisor(states, config.server.worker_restarts, relaunch=litserver.relaunch_worker)
-    add_routes(litserver.app, ServedModels(config, descriptions, states), config)
+    add_routes(litserver.app, ServedModels(config, descriptions, states), config, gates)
     document_predict_routes(litserver.app, routes)
     install_error_handlers(litserver.app)
     return Server(litserver, plan, supervisor)

@@ -17,6 +17,10 @@ a test in ``tests/test_litserve_compat.py`` that fails loudly if an upgrade move
    gzip costs CPU on the hot path).
 6. ``RoutelessSpec`` is a ``LitSpec`` without endpoints, so LitServe registers no route of its own for
    a model's ``api_path``; the ``LITSERVE_WORKER_ID`` variable names the worker inside its process.
+7. LitServe builds the FastAPI app that uvicorn runs (``LitServer.app``, copied per API server). Its
+   class is swapped for a subclass that hands each request to hookserve's router *before* FastAPI's
+   own stack (telemetry, error and body-limit middleware, routing): the predict route costs only
+   what it needs. Everything the router does not answer goes through FastAPI unchanged.
 """
 
 from __future__ import annotations
@@ -29,11 +33,13 @@ from collections.abc import Callable
 from typing import Any
 
 import litserve as ls
+from fastapi import FastAPI
 from litserve import LitAPI
 from litserve.loops.base import LitLoop
 from litserve.specs.base import LitSpec
 from litserve.utils import WorkerSetupStatus
 from starlette.middleware.gzip import GZipMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["CompatLitServer", "LitAPI", "LitLoop", "RoutelessSpec", "worker_id"]
 logger = logging.getLogger(__name__)
@@ -59,6 +65,18 @@ class RoutelessSpec(LitSpec):
         return output
 
 
+class _FrontedFastAPI(FastAPI):
+    """FastAPI with a front router: ``front_factory(fastapi_call)`` serves every ASGI call first."""
+
+    front_factory: Callable[[ASGIApp], ASGIApp]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        front = self.__dict__.get("_front")
+        if front is None:  # built in each API server on its first call (after the fork)
+            front = self.__dict__["_front"] = self.front_factory(super().__call__)
+        await front(scope, receive, send)
+
+
 class CompatLitServer(ls.LitServer):
     """A LitServer whose worker monitoring, start-up check and stop are hookserve's."""
 
@@ -68,6 +86,12 @@ class CompatLitServer(ls.LitServer):
         super().__init__(*args, **kwargs)
         self._on_serving = on_serving
         self.app.user_middleware = [m for m in self.app.user_middleware if m.cls is not GZipMiddleware]
+
+    # -- touch point 7
+    def serve_first(self, front_factory: Callable[[ASGIApp], ASGIApp]) -> None:
+        """Route every request through ``front_factory(fastapi_app)`` in each API server."""
+        self.app.__class__ = _FrontedFastAPI
+        self.app.front_factory = front_factory
 
     # -- touch point 1: called by run() once the API servers are up
     def _start_worker_monitoring(self, manager: Any, uvicorn_workers: dict) -> None:

@@ -6,8 +6,11 @@ but less clearly. One test per touch point, numbered as in the compat module's d
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import inspect
 
+import httpx
 import litserve as ls
 import pytest
 from litserve.loops import loops as litserve_loops
@@ -99,3 +102,33 @@ def test_the_worker_entry_point_calls_our_loop_with_the_arguments_it_accepts(arg
     call = inspect.getsource(litserve_loops.inference_worker).split("loop(", 1)[1]
     assert f"        {argument},\n" in call
     assert argument in inspect.signature(InstanceBatchingLoop.__call__).parameters
+
+
+def test_7_uvicorn_runs_a_copy_of_litservers_app() -> None:
+    source = inspect.getsource(ls.LitServer._start_server)
+    assert "app: FastAPI = copy.copy(self.app)" in source
+    assert "app=app," in source
+
+
+def test_7_the_front_router_answers_first_and_passes_the_rest_to_fastapi() -> None:
+    class Front:
+        def __init__(self, app) -> None:
+            self.app = app
+
+        async def __call__(self, scope, receive, send) -> None:
+            if scope["type"] == "http" and scope["path"] == "/front":
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+                await send({"type": "http.response.body", "body": b"front"})
+                return
+            await self.app(scope, receive, send)
+
+    server = CompatLitServer(EchoAPI())
+    server.serve_first(Front)
+    app = copy.copy(server.app)  # as LitServe hands it to uvicorn
+
+    async def get(path: str) -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            return await client.get(path)
+
+    assert asyncio.run(get("/front")).text == "front"
+    assert asyncio.run(get("/info")).status_code == 200, "FastAPI (LitServe's /info) still answers"

@@ -1,10 +1,9 @@
 """The outermost layer of every API server: hookserve's own routes first, then the FastAPI app.
 
-Predict routes, ``/health`` and ``/`` are answered here, in plain ASGI, without FastAPI's routing,
-dependency injection and validation: they are the hot path and the probes. Everything else
-(metadata, ``/metrics``, ``/docs``) falls through to FastAPI. It is installed as an ordinary
-Starlette middleware, so each forked API server builds its own on its first ASGI call (the lifespan),
-and connects to the workers before it accepts any request.
+Predict routes, ``/health`` and ``/`` are answered here, in plain ASGI, without FastAPI's middleware,
+routing, dependency injection and validation: they are the hot path and the probes. Everything else
+(metadata, ``/metrics``, ``/docs``) falls through to FastAPI. Each forked API server builds its own
+router on its first ASGI call (the lifespan), and connects to the workers before it accepts requests.
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ class ServingPlan:
 
 
 class FrontRouter:
-    """ASGI middleware: serves predict, ``/health`` and ``/``; passes everything else to ``app``."""
+    """ASGI app: serves predict, ``/health`` and ``/``; passes everything else to ``app`` (FastAPI)."""
 
     def __init__(self, app: ASGIApp, plan: ServingPlan) -> None:
         self.app = app

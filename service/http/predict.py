@@ -23,7 +23,7 @@ from service.http.admission import AdmissionGate, DrainSwitch
 from service.http.asgi import header, read_body, send_error, send_response
 from service.http.codec import ClientError, decode_v1
 from service.http.worker_client import ModelWorkers, WorkerUnavailable
-from service.monitoring.metrics import INFLIGHT, REJECTED, REQUEST_DURATION, REQUESTS
+from service.monitoring.metrics import REJECTED, REQUEST_DURATION, REQUESTS
 
 logger = logging.getLogger(__name__)
 RETRY_AFTER = [(b"retry-after", b"1")]
@@ -95,7 +95,6 @@ class PredictRoute:
         self.gate = gate
         self.drain = drain
         self.counter = RequestCounter(settings.model)
-        self._inflight = INFLIGHT.labels(settings.model)
         self._overload = REJECTED.labels(settings.model, "overload")
         self._draining = REJECTED.labels(settings.model, "draining")
         self._prefix = (
@@ -113,6 +112,10 @@ class PredictRoute:
         except WorkerUnavailable as error:
             status = 503
             await send_error(send, status, str(error), RETRY_AFTER)
+        except Exception:
+            logger.exception("predict %s failed in the API server", self.settings.model)
+            status = 500
+            await send_error(send, status, "internal server error")
         self.counter.record(status, time.perf_counter() - start)
 
     async def _answer(self, scope: dict, receive: Receive, send: Send) -> int:
@@ -135,11 +138,9 @@ class PredictRoute:
             raise WorkerUnavailable(
                 f"too many requests queued for {settings.model} (limit {self.gate.limit}); retry"
             )
-        self._inflight.inc()
         try:
             status, payload = await self._run(instances)
         finally:
-            self._inflight.dec()
             self.gate.leave()
         if status == 200:
             await send_response(send, 200, self._prefix + payload + b"}")

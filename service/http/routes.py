@@ -10,10 +10,11 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Response
 
 from service.config import HookserveConfig
+from service.http.admission import AdmissionGate
 from service.http.auth import make_auth_dependency
 from service.http.predict import predict_path
 from service.model_loading import ModelDescription
-from service.monitoring.metrics import render_latest
+from service.monitoring.metrics import INFLIGHT, render_latest
 from service.worker_states import WorkerStates, read_reports
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -73,7 +74,9 @@ class ServedModels:
         }
 
 
-def add_routes(app: FastAPI, models: ServedModels, config: HookserveConfig) -> None:
+def add_routes(
+    app: FastAPI, models: ServedModels, config: HookserveConfig, gates: dict[str, AdmissionGate]
+) -> None:
     auth = make_auth_dependency(config.server.auth.api_key())
     protect_metrics = [Depends(auth)] if config.server.auth.protect_metrics else []
 
@@ -87,4 +90,6 @@ def add_routes(app: FastAPI, models: ServedModels, config: HookserveConfig) -> N
 
     @app.get("/metrics", dependencies=protect_metrics, include_in_schema=False)
     async def metrics() -> Response:
+        for name, gate in gates.items():  # read at scrape time: no per-request gauge writes
+            INFLIGHT.labels(name).set(gate.in_flight)
         return Response(render_latest(), media_type=METRICS_CONTENT_TYPE)

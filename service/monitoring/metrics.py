@@ -60,9 +60,9 @@ BATCH_SIZE = Histogram(
 )
 INFLIGHT = Gauge(
     "hookserve_inflight_requests",
-    "Prediction requests admitted and not yet answered (queued or running).",
+    "Prediction requests admitted and not yet answered (queued or running), read at scrape time.",
     ["model"],
-    multiprocess_mode="livesum",
+    multiprocess_mode="mostrecent",  # the shared admission count, the same from every API server
 )
 MODEL_FORWARD = Histogram(
     "hookserve_model_forward_seconds",
