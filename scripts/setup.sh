@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
-# Create .venv (Python 3.11) and install hookserve with its dev tools. Idempotent: re-running is cheap.
+# Create .venv (Python 3.11) and install hookserve. Idempotent: re-running is cheap.
+#   scripts/setup.sh          what serving needs (scripts/serve.sh)
+#   scripts/setup.sh dev      plus the test, lint and load-test tools (scripts/test.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode="${1:-serve}"
+case "$mode" in
+  serve) target="." ;;
+  dev) target=".[dev]" ;;
+  *) echo "usage: $0 [serve|dev]" >&2; exit 2 ;;
+esac
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-stamp=.venv/.hookserve-installed
+stamp=".venv/.hookserve-installed-$mode"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[dev]"
+  .venv/bin/python -m pip install --quiet -e "$target"
   touch "$stamp"
+  if [ "$mode" = dev ]; then touch .venv/.hookserve-installed-serve; fi  # dev includes serve
 fi

@@ -2,7 +2,7 @@
 # Set up (first run only), then lint and run the whole test suite with pytest (starts its own servers on 127.0.0.1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh dev
 bash scripts/install_prometheus.sh
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"

@@ -18,7 +18,7 @@ from service.http.predict import RouteSettings
 from service.http.routes import ServedModels, add_routes
 from service.litserve_compat import CompatLitServer
 from service.model_loading import describe_model
-from service.monitoring.metrics import REJECTED
+from service.monitoring.metrics import REJECTED, WORKERS_READY
 from service.supervisor import Supervisor
 from service.worker.runtime import check_device_request
 from service.worker.worker import ModelWorker
@@ -60,6 +60,7 @@ def build_server(config: HookserveConfig) -> Server:
         workers.append(ModelWorker(model_cfg, states))
         for reason in ("overload", "draining"):  # exported at 0, so increase() sees the first one
             REJECTED.labels(model_cfg.name, reason)
+        WORKERS_READY.labels(model_cfg.name).set(0)  # the main process's 0 keeps the series when none is
 
     plan = ServingPlan(routes=routes, gates=gates, drain=DrainSwitch(), states=states)
     litserver = CompatLitServer(

@@ -294,6 +294,30 @@ def service_health() -> dict:
             width=8,
             thresholds=[(0, "red"), (1, "green")],
         ),
+        Panel(
+            "Ready workers",
+            "Inference workers warmed up and accepting requests, per model and replica "
+            "(hookserve_workers_ready). 0 means the model answers 503 there: its worker died and is "
+            "restarting, or crash-looped and stays down (HookserveModelDown).",
+            "short",
+            [Target(f"min by (model) (hookserve_workers_ready{{{MODEL}}})", "{{model}}")],
+            kind="stat",
+            width=12,
+            thresholds=[(0, "red"), (1, "green")],
+        ),
+        Panel(
+            "Worker restarts",
+            "Inference workers restarted after they died (SIGKILL, segfault, OOM kill, failed start-up), "
+            "per model, over the last hour (hookserve_worker_restarts_total).",
+            "short",
+            [
+                Target(
+                    f"sum by (model) (increase(hookserve_worker_restarts_total{{{MODEL}}}[1h]))", "{{model}}"
+                )
+            ],
+            width=12,
+            min_value=0,
+        ),
         Row("Latency"),
         Panel(
             "Request latency p50 / p95 / p99",

@@ -3,7 +3,7 @@
 Each monitored module gets a forward-pre hook (start time / CUDA start event, and an "entered through
 ``__call__``" flag), a forward hook (end time, non-finite check of the full output, and on stats batches
 a float32 subsample), and a thin wrapper on its ``forward`` attribute that finds the flag unset when a
-parent called ``child.forward(x)`` directly: hooks silently skip such calls (DESIGN §3).
+parent called ``child.forward(x)`` directly: hooks silently skip such calls.
 
 What the hooks record goes into one :class:`ModuleProbe` per module: plain attributes, no Prometheus
 calls, no device syncs. The monitor reads and resets the probes after each batch.
