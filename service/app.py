@@ -12,9 +12,9 @@ from service.config import HookserveConfig
 from service.http.admission import AdmissionGate, DrainSwitch
 from service.http.errors import install_error_handlers
 from service.http.front import FrontRouter, ServingPlan
+from service.http.inference import RouteSettings
 from service.http.middleware import BodySizeLimitMiddleware
 from service.http.openapi import document_predict_routes
-from service.http.predict import RouteSettings
 from service.http.routes import ServedModels, add_routes
 from service.litserve_compat import CompatLitServer
 from service.model_loading import describe_model
@@ -50,6 +50,7 @@ def build_server(config: HookserveConfig) -> Server:
                 model=model_cfg.name,
                 version=model_cfg.version,
                 input_spec=description.input_spec,
+                output_spec=description.output_spec,
                 max_instances=model_cfg.max_instances_per_request,
                 request_timeout_s=config.server.request_timeout_s,
                 max_body_bytes=config.server.max_payload_bytes,

@@ -7,11 +7,13 @@ on each side instead of one per request.
 A frame is a 4-byte little-endian length followed by a pickled list. Pickle is safe here: both ends
 are processes of the same server, talking over a Unix socket in a private runtime folder.
 
-- A request is ``(uid, deadline, enqueued_at, instances)``: ``instances`` a validated float32 array
-  shaped ``[n, *input_shape]``; ``deadline`` and ``enqueued_at`` are on ``time.monotonic()``, one
-  clock for every process of the machine.
-- A reply is ``(uid, status, body)``: ``status`` an HTTP status code; ``body`` the predictions JSON
-  array for 200, else the error message (UTF-8).
+- A request is ``(uid, deadline, enqueued_at, instances, answer_format, request_id)``: ``instances`` a
+  validated float32 array shaped ``[n, *input_shape]``; ``deadline`` and ``enqueued_at`` are on
+  ``time.monotonic()``, one clock for every process of the machine; ``answer_format`` says what a 200
+  carries (:data:`PREDICTIONS_JSON` or :data:`PROBABILITIES_F32`); ``request_id`` names the request in
+  the worker's log lines.
+- A reply is ``(uid, status, body)``: ``status`` an HTTP status code; ``body`` the answer in the
+  requested format for 200, else the error message (UTF-8).
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from typing import Any
 
 import numpy as np
 
-Request = tuple[int, float, float, np.ndarray]
+Request = tuple[int, float, float, np.ndarray, int, str]
 Reply = tuple[int, int, bytes]
+
+PREDICTIONS_JSON = 0  # the V1 predictions array, ready to frame into the response
+PROBABILITIES_F32 = 1  # the raw float32 probability matrix, row-major (the V2 route formats it)
 
 _HEADER = struct.Struct("<I")
 MAX_FRAME_BYTES = 1 << 31

@@ -18,8 +18,9 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.http.admission import AdmissionGate, DrainSwitch
-from service.http.asgi import send_error, send_response
-from service.http.predict import PredictRoute, RequestCounter, RouteSettings, predict_path
+from service.http.asgi import send_response
+from service.http.inference import RequestCounter, RouteSettings, request_id_of, send_error
+from service.http.predict import PredictRoute, predict_path
 from service.http.worker_client import ModelWorkers, keep_connected
 from service.worker_states import WorkerStates
 
@@ -55,7 +56,7 @@ class FrontRouter:
             predict_path(s.model): PredictRoute(s, self.pools[s.model], plan.gates[s.model], plan.drain)
             for s in plan.routes
         }
-        self._unknown = RequestCounter(UNKNOWN_MODEL)
+        self._unknown = RequestCounter(UNKNOWN_MODEL, "v1")
         self._connector: asyncio.Task | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -72,7 +73,7 @@ class FrontRouter:
                 await self.index(send)
                 return
             if path.startswith("/v1/models/") and path.endswith(":predict"):
-                await self.unknown_model(path, send)
+                await self.unknown_model(scope, send)
                 return
         elif scope["type"] == "lifespan":
             await self.app(scope, self._watch_lifespan(receive), send)
@@ -101,9 +102,10 @@ class FrontRouter:
         }
         await send_response(send, 200, orjson.dumps(body))
 
-    async def unknown_model(self, path: str, send: Send) -> None:
-        name = path.removeprefix("/v1/models/").removesuffix(":predict")
-        await send_error(send, 404, f"model {name!r} is not served; served: {sorted(self.pools)}")
+    async def unknown_model(self, scope: Scope, send: Send) -> None:
+        name = scope["path"].removeprefix("/v1/models/").removesuffix(":predict")
+        message = f"model {name!r} is not served; served: {sorted(self.pools)}"
+        await send_error(send, 404, message, request_id_of(scope))
         self._unknown.record(404, 0.0)
 
     # -- per-process start and stop

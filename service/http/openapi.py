@@ -11,7 +11,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from service.http.predict import RouteSettings, predict_path
+from service.http.inference import RouteSettings
+from service.http.predict import predict_path
 from service.http.schemas import ErrorResponse, PredictResponse, build_request_model
 
 REF = "#/components/schemas/{model}"

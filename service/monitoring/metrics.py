@@ -40,6 +40,11 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 REQUESTS = Counter(
     "hookserve_requests_total", "Prediction requests answered, by HTTP status code.", ["model", "code"]
 )
+PROTOCOL_REQUESTS = Counter(
+    "hookserve_protocol_requests_total",
+    "Inference requests answered, by protocol (v1: /v1/models/NAME:predict, v2: Open Inference Protocol).",
+    ["model", "protocol"],
+)
 REQUEST_DURATION = Histogram(
     "hookserve_request_duration_seconds",
     "Time from a prediction request reaching the API server to its response, in seconds.",

@@ -81,7 +81,7 @@ class InstanceBatchingLoop(LitLoop):
         now = time.monotonic()
         live = []
         for connection, request in batch:
-            uid, deadline, enqueued_at, _ = request
+            uid, deadline, enqueued_at = request[:3]
             if deadline <= now:
                 replies[connection].append((uid, 504, b"request deadline passed while queued"))
             else:
@@ -94,7 +94,7 @@ class InstanceBatchingLoop(LitLoop):
             outputs = self._run(lit_api, live)
         except Exception:
             if len(live) == 1:
-                logger.exception("model %s failed on request %s", model_name, live[0][1][0])
+                logger.exception("model %s failed on request %s", model_name, live[0][1][5])
                 replies[live[0][0]].append((live[0][1][0], 500, INTERNAL_ERROR))
                 return
             logger.warning("batched forward of %d requests failed; retrying them one by one", len(live))
@@ -103,9 +103,9 @@ class InstanceBatchingLoop(LitLoop):
             return
         for (connection, request), output in zip(live, outputs, strict=True):
             try:  # encoding is per request: an answer that cannot be sent (NaN output) fails alone
-                replies[connection].append((request[0], 200, lit_api.encode_response(output)))
+                replies[connection].append((request[0], 200, lit_api.encode_response(output, request[4])))
             except Exception:
-                logger.exception("model %s: cannot answer request %s", model_name, request[0])
+                logger.exception("model %s: cannot answer request %s", model_name, request[5])
                 replies[connection].append((request[0], 500, INTERNAL_ERROR))
 
     def __call__(

@@ -21,6 +21,7 @@ from models.base import OutputSpec, ServableModel
 from service.config import ModelServeConfig
 from service.litserve_compat import LitAPI, RoutelessSpec, worker_id
 from service.logs import configure_logging
+from service.messages import PREDICTIONS_JSON, PROBABILITIES_F32
 from service.model_loading import load_served_model
 from service.monitoring.metrics import MODEL_FORWARD, MODEL_INFO, OUTPUT_NONFINITE, PRECISION_AGREEMENT
 from service.orphans import die_with_parent
@@ -171,12 +172,14 @@ class ModelWorker(LitAPI):
         probabilities, sizes = output
         return np.split(probabilities, np.cumsum(sizes)[:-1])
 
-    def encode_response(self, output: np.ndarray, **kwargs: Any) -> bytes:
+    def encode_response(self, output: np.ndarray, answer_format: int = PREDICTIONS_JSON) -> bytes:
         bad = ~np.isfinite(output).all(axis=1)
         if bad.any():
             # NaN is not JSON; the forward hooks localize the first module with non-finite values.
             OUTPUT_NONFINITE.labels(self.model_name).inc(int(bad.sum()))
             raise ValueError(f"{int(bad.sum())} of {len(output)} instance(s) got non-finite probabilities")
+        if answer_format == PROBABILITIES_F32:
+            return output.tobytes()
         # JSON is built here, in the worker, so the API server only frames it: one bytes object
         # crosses the process boundary instead of a tree of Python floats.
         return encode_predictions(output, self.model.output_spec)
