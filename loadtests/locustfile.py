@@ -4,6 +4,8 @@ Users:
 - ``PredictUser`` reads ``/v1/models`` and each model's metadata, then sends valid prediction requests
   built from each model's input spec. Models that fit a bundled labelled data set (digits, breast
   cancer) get real rows, and every answer is checked against the true label.
+- ``V2BinaryUser`` sends the same real rows over the Open Inference Protocol V2 with binary tensors
+  (what tritonclient sends by default) and checks the answers the same way.
 - ``InvalidPayloadUser`` sends what clients get wrong (wrong shape, NaN, out of range, not JSON, ...):
   each must be answered 4xx; a 5xx or a 2xx counts as a failure.
 
@@ -39,6 +41,8 @@ from loadtests.payloads import (
     ModelSpec,
     check_predictions,
     invalid_requests,
+    v2_binary_request,
+    v2_probabilities,
     valid_batch,
 )
 from loadtests.shapes import selected_shapes
@@ -103,6 +107,17 @@ class HookserveUser(FastHttpUser):
                 response.failure(f"metadata lacks the input spec: {error!r}")
                 return None
 
+    def score(self, model: str, predictions: list[dict], expected: list[str]) -> str | None:
+        """Count correct answers; once enough are scored, fail requests while accuracy is too low."""
+        correct = sum(p["label"] == label for p, label in zip(predictions, expected, strict=True))
+        ACCURACY.record(model, correct, len(expected))
+        UNREPORTED.record(model, correct, len(expected))
+        correct_total, total = ACCURACY.counts[model]
+        accuracy = correct_total / total
+        if total >= MIN_SCORED and accuracy < OBJECTIVES.min_accuracy:
+            return f"accuracy {accuracy:.1%} < {OBJECTIVES.min_accuracy:.0%} over {total} predictions"
+        return None
+
 
 class PredictUser(HookserveUser):
     weight = 4
@@ -130,17 +145,6 @@ class PredictUser(HookserveUser):
             if problem is not None:
                 response.failure(problem)
 
-    def score(self, model: str, predictions: list[dict], expected: list[str]) -> str | None:
-        """Count correct answers; once enough are scored, fail requests while accuracy is too low."""
-        correct = sum(p["label"] == label for p, label in zip(predictions, expected, strict=True))
-        ACCURACY.record(model, correct, len(expected))
-        UNREPORTED.record(model, correct, len(expected))
-        correct_total, total = ACCURACY.counts[model]
-        accuracy = correct_total / total
-        if total >= MIN_SCORED and accuracy < OBJECTIVES.min_accuracy:
-            return f"accuracy {accuracy:.1%} < {OBJECTIVES.min_accuracy:.0%} over {total} predictions"
-        return None
-
     @tag("metadata")
     @task(1)
     def metadata(self) -> None:
@@ -155,6 +159,45 @@ class PredictUser(HookserveUser):
     @task(1)
     def list_models(self) -> None:
         self.client.get("/v1/models", name="GET /v1/models")
+
+
+class V2BinaryUser(HookserveUser):
+    """Open Inference Protocol V2 with the binary tensor extension, on the same models and rows."""
+
+    weight = 2
+
+    @tag("predict", "v2")
+    @task(20)
+    def predict(self) -> None:
+        spec = self.rng.choice(self.specs)
+        batch = valid_batch(spec, self.rng, self.rng.randint(1, MAX_INSTANCES))
+        body, headers = v2_binary_request(spec, batch)
+        with self.client.post(
+            f"/v2/models/{spec.name}/infer",
+            data=body,
+            headers=headers,
+            name=f"v2 infer {spec.name}",
+            catch_response=True,
+        ) as response:
+            if response.status_code != 200:
+                response.failure(f"status {response.status_code}: {response.text[:200]}")
+                return
+            try:
+                length = int(response.headers["Inference-Header-Content-Length"])
+                probabilities = v2_probabilities(response.content, length, spec)
+            except (KeyError, ValueError) as error:
+                response.failure(f"unreadable V2 response: {error!r}")
+                return
+            if probabilities.shape[0] != len(batch.body["instances"]):
+                response.failure(
+                    f"expected {len(batch.body['instances'])} rows, got {probabilities.shape[0]}"
+                )
+                return
+            if batch.expected is not None:
+                predictions = [{"label": spec.labels[int(i)]} for i in probabilities.argmax(axis=1)]
+                problem = self.score(spec.name, predictions, batch.expected)
+                if problem is not None:
+                    response.failure(problem)
 
 
 class InvalidPayloadUser(HookserveUser):

@@ -228,3 +228,35 @@ class AccuracyTally:
 
     def snapshot(self) -> dict[str, list[int]]:
         return {model: list(counts) for model, counts in self.counts.items()}
+
+
+def v2_binary_request(spec: ModelSpec, batch: Batch) -> tuple[bytes, dict[str, str]]:
+    """The batch as an Open Inference Protocol V2 request with binary tensors in and out."""
+    tensor = np.asarray(batch.body["instances"], dtype="<f4")
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(tensor.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": tensor.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    return header + tensor.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
+
+
+def v2_probabilities(body: bytes, header_length: int, spec: ModelSpec) -> np.ndarray:
+    """The ``probabilities`` output of a binary V2 response, shaped [N, labels]."""
+    header = json.loads(body[:header_length])
+    offset = header_length
+    for output in header["outputs"]:
+        size = output["parameters"]["binary_data_size"]
+        if output["name"] == "probabilities":
+            values = np.frombuffer(body[offset : offset + size], dtype="<f4")
+            return values.reshape(output["shape"][0], len(spec.labels))
+        offset += size
+    raise ValueError("no probabilities output in the response")

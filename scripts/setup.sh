@@ -2,16 +2,27 @@
 # Create .venv (Python 3.11) and install hookserve. Idempotent: re-running is cheap.
 #   scripts/setup.sh          what serving needs (scripts/serve.sh)
 #   scripts/setup.sh dev      plus the test, lint and load-test tools (scripts/test.sh)
+#   scripts/setup.sh kserve   .venv-kserve: KServe's SDK for tests/test_kserve_sdk.py (it pins packages
+#                             the project's venv does not share)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-serve}"
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+if [ "$mode" = kserve ]; then
+  if [ ! -f .venv-kserve/.installed ]; then
+    "$PYTHON" -m venv .venv-kserve
+    .venv-kserve/bin/python -m pip install --quiet --upgrade pip
+    .venv-kserve/bin/python -m pip install --quiet "kserve==0.21.0" "numpy>=1.26"
+    touch .venv-kserve/.installed
+  fi
+  exit 0
+fi
 case "$mode" in
   serve) target="." ;;
   dev) target=".[dev]" ;;
-  *) echo "usage: $0 [serve|dev]" >&2; exit 2 ;;
+  *) echo "usage: $0 [serve|dev|kserve]" >&2; exit 2 ;;
 esac
-PYTHON="${PYTHON:-python3.11}"
-command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi

@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
+bash scripts/setup.sh kserve
 bash scripts/install_prometheus.sh
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"

@@ -193,10 +193,10 @@ def test_slo_thresholds_come_from_the_environment() -> None:
 # --- the locustfile as Locust loads it ----------------------------------------------------------------
 
 
-def test_locustfile_loads_and_lists_both_user_classes() -> None:
+def test_locustfile_loads_and_lists_every_user_class() -> None:
     result = locust("--list")
     assert result.returncode == 0, result.stderr
-    assert "PredictUser" in result.stdout and "InvalidPayloadUser" in result.stdout
+    assert all(user in result.stdout for user in ("PredictUser", "V2BinaryUser", "InvalidPayloadUser"))
 
 
 def test_an_unknown_scenario_is_refused() -> None:

@@ -1,9 +1,10 @@
 """The outermost layer of every API server: hookserve's own routes first, then the FastAPI app.
 
-Predict routes, ``/health`` and ``/`` are answered here, in plain ASGI, without FastAPI's middleware,
-routing, dependency injection and validation: they are the hot path and the probes. Everything else
-(metadata, ``/metrics``, ``/docs``) falls through to FastAPI. Each forked API server builds its own
-router on its first ASGI call (the lifespan), and connects to the workers before it accepts requests.
+Inference (V1 predict, every Open Inference Protocol V2 path), ``/health`` and ``/`` are answered here,
+in plain ASGI, without FastAPI's middleware, routing, dependency injection and validation: they are the
+hot path and the probes. Everything else (V1 metadata, ``/metrics``, ``/docs``) falls through to
+FastAPI. Each forked API server builds its own router on its first ASGI call (the lifespan), and
+connects to the workers before it accepts requests.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from importlib.metadata import PackageNotFoundError, version
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.http import v2
 from service.http.admission import AdmissionGate, DrainSwitch
 from service.http.asgi import send_response
-from service.http.inference import RequestCounter, RouteSettings, request_id_of, send_error
+from service.http.inference import InferenceRoute, RequestCounter, RouteSettings, request_id_of, send_error
 from service.http.predict import PredictRoute, predict_path
+from service.http.v2 import Handler, V2InferRoute
 from service.http.worker_client import ModelWorkers, keep_connected
 from service.worker_states import WorkerStates
 
@@ -46,15 +49,23 @@ class ServingPlan:
 
 
 class FrontRouter:
-    """ASGI app: serves predict, ``/health`` and ``/``; passes everything else to ``app`` (FastAPI)."""
+    """ASGI app: serves inference, probes and ``/``; passes everything else to ``app`` (FastAPI)."""
 
     def __init__(self, app: ASGIApp, plan: ServingPlan) -> None:
         self.app = app
         self.plan = plan
         self.pools = {s.model: ModelWorkers(s.model, plan.states) for s in plan.routes}
-        self.routes = {
-            predict_path(s.model): PredictRoute(s, self.pools[s.model], plan.gates[s.model], plan.drain)
-            for s in plan.routes
+        self.served = sorted(self.pools)
+
+        def route(kind: type[InferenceRoute], s: RouteSettings) -> InferenceRoute:
+            return kind(s, self.pools[s.model], plan.gates[s.model], plan.drain)
+
+        v2_infer = {s.model: route(V2InferRoute, s) for s in plan.routes}
+        self.routes: dict[str, Handler] = {
+            **{predict_path(s.model): route(PredictRoute, s) for s in plan.routes},
+            **v2.routes(plan.routes, v2_infer, plan.states.model_ready, self.ready, hookserve_version()),
+            "/health": self.health,
+            "/": self.index,
         }
         self._unknown = RequestCounter(UNKNOWN_MODEL, "v1")
         self._connector: asyncio.Task | None = None
@@ -66,22 +77,23 @@ class FrontRouter:
             if route is not None:
                 await route(scope, receive, send)
                 return
-            if path == "/health":
-                await self.health(send)
-                return
-            if path == "/":
-                await self.index(send)
-                return
             if path.startswith("/v1/models/") and path.endswith(":predict"):
                 await self.unknown_model(scope, send)
+                return
+            if path.startswith("/v2/") or path == "/v2":
+                await v2.not_found(scope, send, self.served)
                 return
         elif scope["type"] == "lifespan":
             await self.app(scope, self._watch_lifespan(receive), send)
             return
         await self.app(scope, receive, send)
 
+    def ready(self) -> bool:
+        """Every model has a live, warmed-up worker and no drain has started."""
+        return not self.plan.drain.draining and self.plan.states.all_ready()
+
     # -- probes and index
-    async def health(self, send: Send) -> None:
+    async def health(self, scope: Scope, receive: Receive, send: Send) -> None:
         """200 only when every model has a live, warmed-up worker and no drain has started."""
         states = self.plan.states
         models = {name: states.model_state(name).name.lower() for name in self.pools}
@@ -93,18 +105,25 @@ class FrontRouter:
             status, code = "not ready", 503
         await send_response(send, code, orjson.dumps({"status": status, "models": models}))
 
-    async def index(self, send: Send) -> None:
+    async def index(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = {
             "name": "hookserve",
+            "status": "alive",  # what KServe's V1 client reads as liveness from GET /
             "version": hookserve_version(),
-            "models": sorted(self.pools),
-            "links": {"models": "/v1/models", "health": "/health", "metrics": "/metrics", "docs": "/docs"},
+            "models": self.served,
+            "links": {
+                "models": "/v1/models",
+                "health": "/health",
+                "metrics": "/metrics",
+                "docs": "/docs",
+                "v2": "/v2",
+            },
         }
         await send_response(send, 200, orjson.dumps(body))
 
     async def unknown_model(self, scope: Scope, send: Send) -> None:
         name = scope["path"].removeprefix("/v1/models/").removesuffix(":predict")
-        message = f"model {name!r} is not served; served: {sorted(self.pools)}"
+        message = f"model {name!r} is not served; served: {self.served}"
         await send_error(send, 404, message, request_id_of(scope))
         self._unknown.record(404, 0.0)
 

@@ -13,7 +13,14 @@ from fastapi.openapi.utils import get_openapi
 
 from service.http.inference import RouteSettings
 from service.http.predict import predict_path
-from service.http.schemas import ErrorResponse, PredictResponse, build_request_model
+from service.http.schemas import (
+    ErrorResponse,
+    PredictResponse,
+    V2InferenceRequest,
+    V2InferenceResponse,
+    build_request_model,
+)
+from service.http.v2 import model_paths
 
 REF = "#/components/schemas/{model}"
 ERRORS = {
@@ -56,8 +63,59 @@ def _predict_operation(settings: RouteSettings, components: dict[str, Any]) -> d
     }
 
 
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _v2_operations(settings: RouteSettings, components: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The V2 paths of one model (without and with its version)."""
+    error = _schema(ErrorResponse, components)
+    name = settings.model.replace("-", "_").replace(".", "_")
+    infer = {
+        "tags": ["v2"],
+        "summary": f"Open Inference Protocol V2 inference with {settings.model} (JSON or binary tensors)",
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _schema(V2InferenceRequest, components)}},
+        },
+        "responses": {
+            "200": _json(_schema(V2InferenceResponse, components), "The requested outputs."),
+            "400": _json(error, "Malformed request, wrong shape, datatype or binary sizes, bad values."),
+            **{code: _json(error, ERRORS[code]) for code in ("401", "404", "413", "503", "504")},
+        },
+    }
+    paths = {}
+    for index, prefix in enumerate(model_paths(settings.model, settings.version)):
+        suffix = "_version" if index else ""
+        paths[f"{prefix}/infer"] = {"post": {**infer, "operationId": f"v2_infer_{name}{suffix}"}}
+        paths[prefix] = {
+            "get": {
+                "tags": ["v2"],
+                "summary": f"V2 metadata of {settings.model}",
+                "operationId": f"v2_metadata_{name}{suffix}",
+                "responses": {"200": {"description": "name, versions, platform, inputs, outputs"}},
+            }
+        }
+        paths[f"{prefix}/ready"] = {
+            "get": {
+                "tags": ["v2"],
+                "summary": f"Is {settings.model} ready (200) or not (503)",
+                "operationId": f"v2_ready_{name}{suffix}",
+                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+            }
+        }
+    return paths
+
+
+V2_SERVER_PATHS = {
+    "/v2": ("v2_server_metadata", "Server metadata: name, version, extensions"),
+    "/v2/health/live": ("v2_live", "Liveness: {\"live\": true}"),
+    "/v2/health/ready": ("v2_ready", "Readiness: {\"ready\": true} (200) or false (503)"),
+}
+
+
 def document_predict_routes(app: FastAPI, routes: list[RouteSettings]) -> None:
-    """Make ``app.openapi()`` include a POST operation for each model's predict route."""
+    """Make ``app.openapi()`` include the inference routes (V1 predict, V2) that the router serves."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -66,6 +124,16 @@ def document_predict_routes(app: FastAPI, routes: list[RouteSettings]) -> None:
             for settings in routes:
                 schema["paths"][predict_path(settings.model)] = {
                     "post": _predict_operation(settings, components)
+                }
+                schema["paths"].update(_v2_operations(settings, components))
+            for path, (operation, summary) in V2_SERVER_PATHS.items():
+                schema["paths"][path] = {
+                    "get": {
+                        "tags": ["v2"],
+                        "summary": summary,
+                        "operationId": operation,
+                        "responses": {"200": {"description": summary}},
+                    }
                 }
             app.openapi_schema = schema
         return app.openapi_schema

@@ -7,9 +7,11 @@ re-serializing it.
 
 from __future__ import annotations
 
+from service.http.admission import AdmissionGate, DrainSwitch
 from service.http.asgi import header
 from service.http.codec import ClientError, decode_v1
-from service.http.inference import Answer, Decoded, InferenceRoute
+from service.http.inference import Answer, Decoded, InferenceRoute, RouteSettings
+from service.http.worker_client import ModelWorkers
 from service.messages import PREDICTIONS_JSON
 
 
@@ -31,9 +33,10 @@ class PredictRoute(InferenceRoute):
 
     protocol = "v1"
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        settings = self.settings
+    def __init__(
+        self, settings: RouteSettings, workers: ModelWorkers, gate: AdmissionGate, drain: DrainSwitch
+    ) -> None:
+        super().__init__(settings, workers, gate, drain)
         self._prefix = (
             f'{{"model":"{settings.model}","model_version":"{settings.version}","predictions":'
         ).encode()

@@ -66,3 +66,46 @@ class PredictResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: str
+
+
+class V2RequestTensor(BaseModel):
+    """One input tensor of an Open Inference Protocol V2 request (JSON encoding)."""
+
+    name: str = Field(description="The model's input name: 'input'.")
+    shape: list[int] = Field(description="[N, *instance shape]; N from 1 to max_instances_per_request.")
+    datatype: str = Field(description="FP32 (other numeric types are converted; BOOL and BYTES are refused).")
+    data: list[Any] | None = Field(default=None, description="Row-major values, flat or nested.")
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="binary_data_size: the tensor's bytes follow the JSON header instead."
+    )
+
+
+class V2RequestedOutput(BaseModel):
+    name: str = Field(description="probabilities, label_index or label.")
+    parameters: dict[str, Any] | None = Field(default=None, description="binary_data: true for binary.")
+
+
+class V2InferenceRequest(BaseModel):
+    """The JSON header of a V2 inference request (with the binary extension, raw tensors follow it)."""
+
+    id: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="binary_data_output: true for every output in binary."
+    )
+    inputs: list[V2RequestTensor]
+    outputs: list[V2RequestedOutput] | None = Field(default=None, description="Default: every output.")
+
+
+class V2ResponseTensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[Any] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str = Field(description="The request's id, or the request id (X-Request-ID) when it sent none.")
+    outputs: list[V2ResponseTensor]

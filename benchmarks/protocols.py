@@ -1,0 +1,199 @@
+"""V1 JSON, V2 JSON and V2 binary side by side, on one server, in one run.
+
+``python -m benchmarks.protocols [--models tiny,resnet-bench] [--concurrency 1,32] [--duration 8]
+[--repeats 3] [--out DIR]``
+
+For each model one hookserve (2 API servers, 1 torch thread per worker, monitoring on) serves all three
+protocols; windows rotate through the protocols so each sees the same machine, and the table shows
+medians. ``tiny`` is the peers harness's MLP (``benchmarks/peers``: serving overhead dominates);
+``resnet-bench`` (3x64x64, 0.435 GFLOP) is model-bound, and is compared with ``model(x)`` in this process
+at the batch sizes the server actually ran (read from ``hookserve_batch_size`` after each window).
+Load: wrk, one body per protocol (the V2 binary one with its ``Inference-Header-Content-Length``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+import torch
+
+from benchmarks.metrics_text import sum_samples
+from benchmarks.raw_model import time_forward
+from benchmarks.servers import REPO_ROOT, start_hookserve
+
+PLUGINS = REPO_ROOT / "benchmarks" / "peers" / "servers"
+LUA = r"""
+local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+local length = os.getenv("HEADER_LENGTH")
+if length and length ~= "" then wrk.headers["Inference-Header-Content-Length"] = length
+else wrk.headers["Content-Type"] = "application/json" end
+function done(summary, latency, requests)
+  io.write(string.format('WRK_JSON {"requests":%d,"duration_us":%d,"errors":%d,"p50_us":%d,"p99_us":%d}\n',
+    summary.requests, summary.duration, summary.errors.status + summary.errors.connect + summary.errors.read
+    + summary.errors.write + summary.errors.timeout, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def model_config(name: str) -> dict:
+    base = {"name": name, "torch_threads": 1, "max_batch_size": 32, "max_instances_per_request": 32}
+    if name in ("tiny", "mid"):
+        return {**base, "source": f"hookserve_plugin:{name}", "max_batch_size": 64}
+    return base
+
+
+def bodies(x: np.ndarray) -> dict[str, tuple[bytes, str]]:
+    """The same one-instance request in each protocol: (body, Inference-Header-Content-Length or "")."""
+    tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP32"}
+    v2_json = {"inputs": [{**tensor, "data": x.ravel().tolist()}]}
+    blob = x.astype("<f4").tobytes()
+    header = json.dumps(
+        {
+            "inputs": [{**tensor, "parameters": {"binary_data_size": len(blob)}}],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    return {
+        "v1-json": (json.dumps({"instances": x.tolist()}).encode(), ""),
+        "v2-json": (json.dumps(v2_json).encode(), ""),
+        "v2-binary": (header + blob, str(len(header))),
+    }
+
+
+def wrk(url: str, body: bytes, header_length: str, concurrency: int, duration: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        script, body_file = Path(tmp) / "load.lua", Path(tmp) / "body"
+        script.write_text(LUA)
+        body_file.write_bytes(body)
+        env = {**os.environ, "BODY_FILE": str(body_file), "HEADER_LENGTH": header_length}
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "-s", str(script), url],
+            capture_output=True, text=True, env=env, timeout=duration + 60, check=True,
+        ).stdout  # fmt: skip
+    data = json.loads(next(line for line in out.splitlines() if line.startswith("WRK_JSON "))[9:])
+    return {
+        "rps": data["requests"] / (data["duration_us"] / 1e6),
+        "p50_ms": data["p50_us"] / 1e3,
+        "p99_ms": data["p99_us"] / 1e3,
+        "errors": data["errors"],
+    }
+
+
+def mean_batch(base: str, model: str, before: str) -> float:
+    after = requests.get(f"{base}/metrics", timeout=10).text
+    total = sum_samples(after, "hookserve_batch_size_sum", model=model) - sum_samples(
+        before, "hookserve_batch_size_sum", model=model
+    )
+    count = sum_samples(after, "hookserve_batch_size_count", model=model) - sum_samples(
+        before, "hookserve_batch_size_count", model=model
+    )
+    return total / count if count else 0.0
+
+
+def measure(model: str, args: argparse.Namespace, workdir: Path) -> list[dict]:
+    config = {"server": {"api_servers": 2, "log_level": "warning"}, "models": [model_config(model)]}
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(PLUGINS)])}
+    server = start_hookserve(f"protocols-{model}", config, workdir, env=env)
+    try:
+        if not server.wait_ready(300):
+            raise RuntimeError(f"{model} did not start: {server.log_tail()}")
+        meta = requests.get(f"{server.base_url}/v1/models/{model}", timeout=10).json()
+        x = np.random.default_rng(0).uniform(0, 1, size=[1, *meta["input"]["shape"]]).astype(np.float32)
+        payloads = bodies(x)
+        urls = {
+            "v1-json": f"{server.base_url}/v1/models/{model}:predict",
+            "v2-json": f"{server.base_url}/v2/models/{model}/infer",
+            "v2-binary": f"{server.base_url}/v2/models/{model}/infer",
+        }
+        for name, (body, length) in payloads.items():  # each must answer 200 before it is timed
+            headers = {"Inference-Header-Content-Length": length} if length else {}
+            response = requests.post(urls[name], data=body, headers=headers, timeout=60)
+            assert response.status_code == 200, (name, response.text[:300])
+        rows = []
+        for concurrency in args.concurrency:
+            for name in payloads:  # warm-up
+                wrk(urls[name], *payloads[name], concurrency, 2)
+            for repeat in range(args.repeats):
+                for name, (body, length) in payloads.items():
+                    before = requests.get(f"{server.base_url}/metrics", timeout=10).text
+                    result = wrk(urls[name], body, length, concurrency, args.duration)
+                    batch = mean_batch(server.base_url, model, before)
+                    rows.append({"model": model, "protocol": name, "concurrency": concurrency,
+                                 "repeat": repeat, "mean_batch": batch, **result})  # fmt: skip
+                    print(json.dumps(rows[-1]), flush=True)
+        return rows
+    finally:
+        server.stop()
+
+
+def raw_limit(model: str, batch_sizes: list[int]) -> dict[int, float]:
+    from models.checkpoint import load_pretrained
+
+    torch.set_num_threads(1)
+    net = load_pretrained(model).eval()
+    pool = net.example_input(64, seed=1)
+    return {b: time_forward(net, pool, b, 1, window_s=3.0).items_per_s for b in batch_sizes}
+
+
+def table(rows: list[dict], raw: dict[str, dict[int, float]]) -> str:
+    lines = [
+        "| model | protocol | clients | req/s (median) | p50 ms | p99 ms | mean batch | x raw at batch |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    keys = sorted({(r["model"], r["concurrency"], r["protocol"]) for r in rows})
+    for model, concurrency, protocol in keys:
+        group = [
+            r for r in rows if (r["model"], r["concurrency"], r["protocol"]) == (model, concurrency, protocol)
+        ]
+        rps = statistics.median(r["rps"] for r in group)
+        batch = statistics.median(r["mean_batch"] for r in group)
+        limit = raw.get(model, {})
+        nearest = min(limit, key=lambda b: abs(b - batch)) if limit else None
+        ratio = f"{rps / limit[nearest]:.2f} (b{nearest})" if nearest else "-"
+        lines.append(
+            f"| {model} | {protocol} | {concurrency} | {rps:,.0f} | "
+            f"{statistics.median(r['p50_ms'] for r in group):.2f} | "
+            f"{statistics.median(r['p99_ms'] for r in group):.2f} | {batch:.1f} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="tiny,resnet-bench")
+    parser.add_argument("--concurrency", default="1,32")
+    parser.add_argument("--duration", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "protocols")
+    args = parser.parse_args(argv)
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows, raw = [], {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for model in args.models.split(","):
+            rows += measure(model, args, Path(workdir))
+            if model == "resnet-bench":
+                batches = sorted({max(1, round(r["mean_batch"])) for r in rows if r["model"] == model})
+                raw[model] = raw_limit(model, sorted({1, 8, 16, 32, *batches}))
+    report = table(rows, raw)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (args.out / f"protocols-{stamp}.json").write_text(json.dumps({"rows": rows, "raw": raw}, indent=1))
+    (args.out / f"protocols-{stamp}.md").write_text(report + "\n")
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

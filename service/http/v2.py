@@ -1,0 +1,133 @@
+"""The Open Inference Protocol V2 (KServe v2, Triton's HTTP API), beside V1 on the same models and workers.
+
+``tritonclient.http`` and KServe's ``InferenceRESTClient`` work unmodified: health and readiness
+(``{"live": true}`` / ``{"ready": true}``, 200 or 503), server and model metadata, model readiness, and
+inference in JSON or with the binary tensor extension (:mod:`service.http.v2_codec`). V1 and V2
+requests to a model share its workers and batch together. Errors are ``{"error": "..."}``: 400 for
+anything wrong with a request, 404 for an unknown model or version, 503 overload/draining/no worker,
+504 past the deadline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from service.http.asgi import header, send_response
+from service.http.codec import ClientError
+from service.http.inference import Answer, Decoded, InferenceRoute, RouteSettings, request_id_of, send_error
+from service.http.v2_codec import INPUT_NAME, OUTPUTS, decode_request, encode_response
+from service.messages import PROBABILITIES_F32
+
+Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+ACCEPTED_TYPES = (b"application/json", b"application/octet-stream")
+EXTENSIONS = ["binary_tensor_data"]
+
+
+def model_paths(model: str, version: str) -> list[str]:
+    """The V2 prefixes of one model: without and with its version."""
+    return [f"/v2/models/{model}", f"/v2/models/{model}/versions/{version}"]
+
+
+class V2InferRoute(InferenceRoute):
+    """``POST /v2/models/{m}[/versions/{v}]/infer`` for one model."""
+
+    protocol = "v2"
+
+    def check_request(self, scope: dict) -> None:
+        content_type = header(scope, b"content-type")
+        if content_type is None:
+            return  # tritonclient sends none
+        media = content_type.split(b";", 1)[0].strip().lower()
+        if media not in ACCEPTED_TYPES and not media.endswith(b"+json"):
+            found = media.decode(errors="replace")
+            raise ClientError(415, f"Content-Type must be JSON or octet-stream, got {found}")
+
+    def decode(self, scope: dict, body: bytes) -> Decoded:
+        settings = self.settings
+        length = header(scope, b"inference-header-content-length")
+        instances, request = decode_request(body, length, settings.input_spec, settings.max_instances)
+        return Decoded(instances, PROBABILITIES_F32, request)
+
+    def encode(self, decoded: Decoded, payload: bytes, request_id: str) -> Answer:
+        settings = self.settings
+        probabilities = np.frombuffer(payload, dtype=np.float32).reshape(
+            decoded.instances.shape[0], len(settings.output_spec.labels)
+        )
+        body, header_length = encode_response(
+            probabilities, decoded.context, settings.model, settings.version, request_id, settings.output_spec
+        )
+        if header_length is None:
+            return Answer(body)
+        return Answer(
+            body,
+            b"application/octet-stream",
+            [(b"inference-header-content-length", str(header_length).encode())],
+        )
+
+
+def model_metadata(settings: RouteSettings) -> dict:
+    labels = len(settings.output_spec.labels)
+    return {
+        "name": settings.model,
+        "versions": [settings.version],
+        "platform": "pytorch",
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *settings.input_spec.shape]}],
+        "outputs": [
+            {"name": OUTPUTS[0], "datatype": "FP32", "shape": [-1, labels]},
+            {"name": OUTPUTS[1], "datatype": "INT64", "shape": [-1]},
+            {"name": OUTPUTS[2], "datatype": "BYTES", "shape": [-1]},
+        ],
+    }
+
+
+def json_handler(produce: Callable[[], tuple[int, dict]]) -> Handler:
+    """A GET route answering ``produce()``'s status and JSON body."""
+
+    async def handle(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            await send_error(send, 405, "use GET", request_id_of(scope))
+            return
+        status, body = produce()
+        await send_response(send, status, orjson.dumps(body))
+
+    return handle
+
+
+def routes(
+    settings: list[RouteSettings],
+    infer: dict[str, V2InferRoute],
+    model_ready: Callable[[str], bool],
+    server_ready: Callable[[], bool],
+    version: str,
+) -> dict[str, Handler]:
+    """Every V2 path, exact (unknown models and versions fall through to a 404)."""
+    table: dict[str, Handler] = {
+        "/v2": json_handler(
+            lambda: (200, {"name": "hookserve", "version": version, "extensions": EXTENSIONS})
+        ),
+        "/v2/health/live": json_handler(lambda: (200, {"live": True})),
+        "/v2/health/ready": json_handler(lambda: _readiness(server_ready(), {})),
+    }
+    for s in settings:
+        metadata = model_metadata(s)
+
+        def ready(name: str = s.model) -> tuple[int, dict]:
+            return _readiness(model_ready(name), {"name": name})
+
+        for prefix in model_paths(s.model, s.version):
+            table[prefix] = json_handler(lambda m=metadata: (200, m))
+            table[f"{prefix}/ready"] = json_handler(ready)
+            table[f"{prefix}/infer"] = infer[s.model]
+    return table
+
+
+def _readiness(ready: bool, body: dict) -> tuple[int, dict]:
+    return (200 if ready else 503), {**body, "ready": ready}
+
+
+async def not_found(scope: Scope, send: Send, served: list[str]) -> None:
+    await send_error(send, 404, f"{scope['path']} is not served; models: {served}", request_id_of(scope))

@@ -1,0 +1,50 @@
+"""Drive a live hookserve with KServe's own SDK (``InferenceRESTClient``), V1 and V2.
+
+Runs in its own venv (KServe pins versions the project's venv does not share; ``scripts/setup.sh kserve``
+makes it), so ``tests/test_kserve_sdk.py`` runs it as a subprocess: ``python kserve_check.py URL INPUT.npy``.
+It prints one JSON line with what the SDK saw; the test compares that with in-process inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import numpy as np
+from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
+
+async def check(url: str, x: np.ndarray) -> dict:
+    v1 = InferenceRESTClient(RESTConfig(protocol="v1", retries=0, timeout=30))
+    v2 = InferenceRESTClient(RESTConfig(protocol="v2", retries=0, timeout=30))
+    seen: dict = {
+        "v1_live": await v1.is_server_live(url),
+        "v1_model_ready": await v1.is_model_ready(url, "digits-cnn"),
+        "v2_live": await v2.is_server_live(url),
+        "v2_ready": await v2.is_server_ready(url),
+        "v2_model_ready": await v2.is_model_ready(url, "digits-cnn"),
+        "v2_unknown_model_ready": await v2.is_model_ready(url, "no-such-model"),
+    }
+    v1_answer = await v1.infer(url, {"instances": x.tolist()}, model_name="digits-cnn")
+    seen["v1_probabilities"] = [p["probabilities"] for p in v1_answer["predictions"]]
+    for binary in (True, False):
+        tensor = InferInput(name="input", shape=list(x.shape), datatype="FP32")
+        tensor.set_data_from_numpy(x, binary_data=binary)
+        request = InferRequest(model_name="digits-cnn", infer_inputs=[tensor], request_id=f"kserve-{binary}")
+        response = await v2.infer(url, request, model_name="digits-cnn")
+        outputs = {o.name: o.as_numpy() for o in response.outputs}
+        key = "v2_binary" if binary else "v2_json"
+        seen[key] = {
+            "id": response.id,
+            "model_name": response.model_name,
+            "probabilities": outputs["probabilities"].tolist(),
+            "label_index": outputs["label_index"].tolist(),
+        }
+    for client in (v1, v2):
+        await client.close()
+    return seen
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(check(sys.argv[1], np.load(sys.argv[2])))))
