@@ -4,5 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
 bash scripts/install_prometheus.sh
+bash scripts/install_haproxy.sh
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"
