@@ -134,11 +134,15 @@ def test_prometheus_sees_every_replica_and_its_sums_match_the_requests_sent(
     assert wait_for_value(stack, 'count(up{job="hookserve"} == 1)', REPLICAS) == REPLICAS
     replicas = {r["metric"]["replica"] for r in query(stack, 'up{job="hookserve"}')}
     assert replicas == set(stack.names)
+    succeeded = f'sum(hookserve_requests_total{{model="{MODEL}",code="200"}}) or vector(0)'
+    time.sleep(2.5)  # two scrapes: the baseline is every request counted so far (none expected)
+    baseline = float(query(stack, succeeded)[0]["value"][1])
     with Load(predict_url(stack), body, max_s=10.0) as load:
         time.sleep(3.0)
     assert load.failed == 0, load.failures[:5]
     # The sum over replicas is exactly what was sent, and each replica served part of it.
-    total = wait_for_value(stack, f'sum(hookserve_requests_total{{model="{MODEL}",code="200"}})', load.sent)
+    counted = wait_for_value(stack, succeeded, baseline + load.sent)
+    total = None if counted is None else counted - baseline
     per_replica = {
         r["metric"]["replica"]: float(r["value"][1])
         for r in query(stack, f'sum by (replica) (hookserve_requests_total{{model="{MODEL}"}})')
@@ -176,7 +180,7 @@ def test_dashboard_and_alert_queries_aggregate_over_replicas(stack: ReplicaStack
             continue
         per_instance += [where for r in result if "instance" in r["metric"] or "replica" in r["metric"]]
     assert not per_instance, f"panels with a series per replica: {sorted(set(per_instance))}"
-    assert answered >= 20, f"only {answered} dashboard queries returned data"
+    assert answered >= 15, f"only {answered} dashboard queries returned data"
     # The request rate summed over replicas equals the sum of the per-replica rates.
     total = query(stack, f'sum by (model) (rate(hookserve_requests_total{{model="{MODEL}"}}[1m]))')
     parts = query(stack, f'sum by (replica) (rate(hookserve_requests_total{{model="{MODEL}"}}[1m]))')
