@@ -248,8 +248,13 @@ class ReplicaStack:
         """Wait until HAProxy's health check has marked replica ``name`` ``status`` (UP or DOWN)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.server_stats().get(name, {}).get("status", "").startswith(status):
-                return
+            if self.haproxy is not None and self.haproxy.poll() is not None:
+                raise RuntimeError(f"haproxy exited:\n{read_log(self.workdir / 'haproxy.log')[-2000:]}")
+            try:
+                if self.server_stats().get(name, {}).get("status", "").startswith(status):
+                    return
+            except OSError:  # the stats socket is not there yet (HAProxy starting)
+                pass
             time.sleep(0.1)
         raise RuntimeError(f"HAProxy did not mark {name} {status} within {timeout_s:.0f} s")
 

@@ -106,8 +106,9 @@ class Load:
         return self.sent - self.outcomes[200]
 
 
-def query(stack: ReplicaStack, promql: str) -> list[dict]:
-    response = requests.get(f"{stack.prometheus_url}/api/v1/query", params={"query": promql}, timeout=5)
+def query(stack: ReplicaStack, promql: str, at: float | None = None) -> list[dict]:
+    params = {"query": promql} if at is None else {"query": promql, "time": f"{at:.3f}"}
+    response = requests.get(f"{stack.prometheus_url}/api/v1/query", params=params, timeout=5)
     response.raise_for_status()
     return response.json()["data"]["result"]
 
@@ -122,6 +123,19 @@ def wait_for_value(stack: ReplicaStack, promql: str, expected: float) -> float:
             return value
         time.sleep(0.5)
     return value
+
+
+def balancer_counters(stack: ReplicaStack) -> dict[str, dict[str, int]]:
+    """HAProxy's retries (wretr) and redispatches (wredis) per replica, and their sums."""
+    stats = stack.server_stats()
+    counters = {
+        key: {name: int(stats[name][key] or 0) for name in stack.names} for key in ("wretr", "wredis")
+    }
+    return {"retries": counters["wretr"], "redispatches": counters["wredis"]}
+
+
+def since(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict[str, int]:
+    return {key: sum(after[key].values()) - sum(before[key].values()) for key in after}
 
 
 def predict_url(stack: ReplicaStack) -> str:
@@ -182,8 +196,9 @@ def test_dashboard_and_alert_queries_aggregate_over_replicas(stack: ReplicaStack
     assert not per_instance, f"panels with a series per replica: {sorted(set(per_instance))}"
     assert answered >= 15, f"only {answered} dashboard queries returned data"
     # The request rate summed over replicas equals the sum of the per-replica rates.
-    total = query(stack, f'sum by (model) (rate(hookserve_requests_total{{model="{MODEL}"}}[1m]))')
-    parts = query(stack, f'sum by (replica) (rate(hookserve_requests_total{{model="{MODEL}"}}[1m]))')
+    at = time.time()
+    total = query(stack, f'sum by (model) (rate(hookserve_requests_total{{model="{MODEL}"}}[1m]))', at)
+    parts = query(stack, f'sum by (replica) (rate(hookserve_requests_total{{model="{MODEL}"}}[1m]))', at)
     assert float(total[0]["value"][1]) == pytest.approx(sum(float(p["value"][1]) for p in parts))
     # Every alert rule evaluates without error against the two replicas' series.
     deadline = time.monotonic() + PROMETHEUS_WAIT_S
@@ -201,6 +216,7 @@ def test_dashboard_and_alert_queries_aggregate_over_replicas(stack: ReplicaStack
 
 def test_rolling_restart_fails_no_request(stack: ReplicaStack, body: bytes, record_property) -> None:
     restarts = []
+    before = balancer_counters(stack)
     with Load(predict_url(stack), body) as load:
         time.sleep(1.0)
         for name in stack.names:
@@ -213,13 +229,11 @@ def test_rolling_restart_fails_no_request(stack: ReplicaStack, body: bytes, reco
             stack.wait_balancer_state(name, "UP")
             restarts.append((name, round(time.monotonic() - started, 1), load.sent - sent_before))
         time.sleep(1.0)
-    stats = stack.server_stats()
     summary = {
         "sent": load.sent,
         "outcomes": dict(load.outcomes),
         "restarts (replica, seconds, requests meanwhile)": restarts,
-        "haproxy retries": {name: stats[name]["wretr"] for name in stack.names},
-        "haproxy redispatches": {name: stats[name]["wredis"] for name in stack.names},
+        "haproxy": since(before, balancer_counters(stack)),
     }
     record_property("rolling_restart", summary)
     print(f"rolling restart: {summary}")
@@ -231,6 +245,7 @@ def test_sigkill_of_one_replica_fails_at_most_the_requests_in_flight(
     stack: ReplicaStack, body: bytes, record_property
 ) -> None:
     victim = stack.names[0]
+    before = balancer_counters(stack)
     with Load(predict_url(stack), body) as load:
         time.sleep(2.0)
         sent_before = load.sent
@@ -238,13 +253,11 @@ def test_sigkill_of_one_replica_fails_at_most_the_requests_in_flight(
         stack.wait_balancer_state(victim, "DOWN")
         time.sleep(3.0)  # the survivor carries the load alone
         during = load.sent - sent_before
-    stats = stack.server_stats()
     summary = {
         "sent": load.sent,
         "outcomes": dict(load.outcomes),
         "requests after the kill": during,
-        "haproxy retries": {name: stats[name]["wretr"] for name in stack.names},
-        "haproxy redispatches": {name: stats[name]["wredis"] for name in stack.names},
+        "haproxy": since(before, balancer_counters(stack)),
     }
     record_property("sigkill", summary)
     print(f"SIGKILL: {summary}")
