@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (Python 3.11) and install hookserve. Idempotent: re-running is cheap.
+# Create .venv (Python 3.11) and install hookserve, every dependency at the version its lock file pins
+# (requirements/*.lock, written by scripts/lock.sh; torch is pinned in pyproject.toml). Idempotent.
 #   scripts/setup.sh          what serving needs (scripts/serve.sh)
 #   scripts/setup.sh dev      plus the test, lint and load-test tools (scripts/test.sh)
 #   scripts/setup.sh kserve   .venv-kserve: KServe's SDK for tests/test_kserve_sdk.py (it pins packages
@@ -19,17 +20,17 @@ if [ "$mode" = kserve ]; then
   exit 0
 fi
 case "$mode" in
-  serve) target="." ;;
-  dev) target=".[dev]" ;;
+  serve) target="."; lock=requirements/serve.lock ;;
+  dev) target=".[dev]"; lock=requirements/dev.lock ;;
   *) echo "usage: $0 [serve|dev|kserve]" >&2; exit 2 ;;
 esac
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=".venv/.hookserve-installed-$mode"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$lock" -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e "$target"
+  .venv/bin/python -m pip install --quiet -c "$lock" -e "$target"
   touch "$stamp"
   if [ "$mode" = dev ]; then touch .venv/.hookserve-installed-serve; fi  # dev includes serve
 fi

@@ -5,5 +5,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
 bash scripts/setup.sh kserve
 bash scripts/install_prometheus.sh
+bash scripts/install_haproxy.sh
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"
