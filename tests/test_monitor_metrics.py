@@ -39,7 +39,8 @@ def test_monitoring_metrics_are_exported_with_model_and_module_labels() -> None:
         {"guard_every": 1, "stats_every": 1, "publish_interval_s": 0, "drift": {"window_batches": 1}}
     )
     reference = capture_reference(model, MODEL, [x], config)
-    monitor = ModelMonitor(model, MODEL, config, reference=reference).attach()
+    monitor = ModelMonitor(model, MODEL, config, reference=reference)
+    monitor.attach()
     with torch.inference_mode(), monitor.observe_batch():
         model(x)
     monitor.detach()
