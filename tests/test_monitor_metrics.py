@@ -21,6 +21,7 @@ PER_MODULE = {
     "hookserve_activation_zero_fraction": "gauge",
     "hookserve_activation_nonfinite": "counter",
     "hookserve_activation_drift_psi": "gauge",
+    "hookserve_nonfinite_origin": "counter",  # at 0 from attach, for every monitored module
 }
 PER_MODEL = {
     "hookserve_forward_bypass": "counter",

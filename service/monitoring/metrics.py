@@ -167,6 +167,12 @@ OUTPUT_NONFINITE = Counter(
     "Instances whose model output held NaN or Inf (checked on every batch; the request gets a 500).",
     ["model"],
 )
+NONFINITE_ORIGIN = Counter(
+    "hookserve_nonfinite_origin_total",
+    "Requests whose output went non-finite, by the first module (execution order) whose output did, found "
+    "by replaying the request's offending instances with every module hooked; <root>: the model's own code.",
+    ["model", "module"],
+)
 MONITOR_OVERHEAD = Counter(
     "hookserve_monitor_overhead_seconds_total",
     "Time spent inside monitoring hooks and their publication, in seconds.",

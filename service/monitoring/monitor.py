@@ -32,6 +32,8 @@ import logging
 import math
 import time
 import weakref
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 
@@ -42,6 +44,7 @@ from service.monitoring.config import MonitorConfig
 from service.monitoring.drift import DriftTracker, Reference, default_reference_path, weights_fingerprint
 from service.monitoring.hooks import BatchFlags, HookSet, ModuleProbe, hook_dispatch_seconds
 from service.monitoring.metering import CostMeter, time_idle_path
+from service.monitoring.origin import Origin, locate_origins, origin_label
 from service.monitoring.publishing import Publisher, to_host
 from service.monitoring.sampling import SamplingController
 from service.monitoring.selection import select_modules
@@ -361,6 +364,35 @@ class ModelMonitor:
         )  # fmt: skip
         self._pending_bypass = self._pending_resets = 0
         self.meter.overhead_s += _perf_counter() - started
+
+    # --- rare events --------------------------------------------------------------------------------
+
+    def locate_nonfinite(
+        self, x: torch.Tensor, context: Callable[[], AbstractContextManager]
+    ) -> list[Origin | None]:
+        """Replay ``x`` (instances whose output went non-finite) once with every module hooked, inside
+        ``context()`` (the served precision); per instance, the origin as a monitored-module label (see
+        :mod:`service.monitoring.origin`), or ``None`` when the replay came out finite. Call between
+        batches. The monitor's own hooks sit the replay out; its cost counts as monitoring overhead."""
+        started = _perf_counter()
+        armed = self._hooks.armed
+        self._hooks.disarm()
+        try:
+            found = locate_origins(self.model, x.to(self.device), context)
+        finally:
+            if armed:
+                self._hooks.arm()
+        names = self.module_names
+        located = [origin and Origin(origin_label(origin.module, names), origin.step) for origin in found]
+        self.meter.add(0.0, _perf_counter() - started)
+        return located
+
+    def count_origin(self, module: str) -> None:
+        """Count one request whose non-finite output started at ``module``."""
+        pub = self._publisher
+        if pub is None:  # never attached (monitoring disabled): bind the children now
+            pub = self._publisher = Publisher(self.model_name, self.module_names)
+        pub.count_origin(module)
 
     # --- internals ---------------------------------------------------------------------------------
 

@@ -44,6 +44,9 @@ class Publisher:
         self.forward = metrics.MONITORED_FORWARD.labels(model_name)
         self.guard_every = metrics.MONITOR_SAMPLE_INTERVAL.labels(model_name, "armed")
         self.stats_every = metrics.MONITOR_SAMPLE_INTERVAL.labels(model_name, "stats")
+        # Non-finite origins, at 0 for every monitored module so increase() sees the first one; other
+        # origins (an unmonitored module, the model's own code) are bound when they first happen.
+        self.origins = {m: metrics.NONFINITE_ORIGIN.labels(model_name, m) for m in modules}
 
     def set_psi(self, index: int, value: float) -> None:
         child = self.psi[index]
@@ -52,6 +55,12 @@ class Publisher:
                 self._model_name, self._modules[index]
             )
         child.set(value)
+
+    def count_origin(self, module: str) -> None:
+        child = self.origins.get(module)
+        if child is None:
+            child = self.origins[module] = metrics.NONFINITE_ORIGIN.labels(self._model_name, module)
+        child.inc()
 
     def push_counters(
         self,

@@ -8,6 +8,8 @@ the worker's own :class:`~service.worker.inbox.Inbox` rather than LitServe's que
   request runs at once; under load batches fill up while the previous batch runs;
 * answers requests whose deadline passed in the queue with 504 without running them;
 * when a batched forward pass raises, re-runs each request on its own so only the culprit fails;
+* when some requests' outputs are non-finite, has the LitAPI explain them (``explain_nonfinite``:
+  the model worker replays them to find the module where it started) and fails only those, with 500;
 * sends each API server one frame with all of its replies per batch.
 
 It calls the LitAPI's ``decode_request``, ``batch``, ``predict``, ``unbatch`` and ``encode_response``
@@ -25,6 +27,7 @@ from typing import Any
 from service.litserve_compat import LitLoop
 from service.messages import Reply, Request
 from service.monitoring.metrics import BATCH_SIZE, QUEUE_WAIT, WORKERS_READY
+from service.monitoring.origin import NonFiniteOutput
 from service.worker.inbox import Connection, Inbox
 from service.worker_states import WorkerState
 
@@ -101,12 +104,30 @@ class InstanceBatchingLoop(LitLoop):
             for item in live:
                 self.process(lit_api, [item], replies)
             return
+        nonfinite: list[tuple[Connection, Request, Any]] = []
         for (connection, request), output in zip(live, outputs, strict=True):
             try:  # encoding is per request: an answer that cannot be sent (NaN output) fails alone
                 replies[connection].append((request[0], 200, lit_api.encode_response(output, request[4])))
+            except NonFiniteOutput as exc:
+                nonfinite.append((connection, request, exc.rows))
             except Exception:
                 logger.exception("model %s: cannot answer request %s", model_name, request[5])
                 replies[connection].append((request[0], 500, INTERNAL_ERROR))
+        if nonfinite:
+            self._fail_nonfinite(lit_api, nonfinite, replies)
+
+    @staticmethod
+    def _fail_nonfinite(
+        lit_api: Any, failed: list[tuple[Connection, Request, Any]], replies: dict[Connection, list[Reply]]
+    ) -> None:
+        """Answer requests with non-finite outputs with 500, once the LitAPI has looked for the origin."""
+        try:
+            bodies = lit_api.explain_nonfinite([(request, rows) for _, request, rows in failed])
+        except Exception:
+            logger.exception("model %s: locating the origin of non-finite outputs failed", lit_api.model_name)
+            bodies = [INTERNAL_ERROR] * len(failed)
+        for (connection, request, _), body in zip(failed, bodies, strict=True):
+            replies[connection].append((request[0], 500, body))
 
     def __call__(
         self,

@@ -21,9 +21,10 @@ from models.base import OutputSpec, ServableModel
 from service.config import ModelServeConfig
 from service.litserve_compat import LitAPI, RoutelessSpec, worker_id
 from service.logs import configure_logging
-from service.messages import PREDICTIONS_JSON, PROBABILITIES_F32
+from service.messages import PREDICTIONS_JSON, PROBABILITIES_F32, Request
 from service.model_loading import load_served_model
 from service.monitoring.metrics import MODEL_FORWARD, MODEL_INFO, OUTPUT_NONFINITE, PRECISION_AGREEMENT
+from service.monitoring.origin import NonFiniteOutput, Origin
 from service.orphans import die_with_parent
 from service.worker.batching import InstanceBatchingLoop
 from service.worker.runtime import (
@@ -42,6 +43,8 @@ from service.worker_states import WorkerState, WorkerStates, write_report
 logger = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, list[int]]
+# No "NaN" in the body: the cause is in the worker's log line, under the request id the body carries.
+NONFINITE_ERROR = b"internal error while running the model: its output was not finite"
 
 
 def encode_predictions(probabilities: np.ndarray, output_spec: OutputSpec) -> bytes:
@@ -175,11 +178,41 @@ class ModelWorker(LitAPI):
     def encode_response(self, output: np.ndarray, answer_format: int = PREDICTIONS_JSON) -> bytes:
         bad = ~np.isfinite(output).all(axis=1)
         if bad.any():
-            # NaN is not JSON; the forward hooks localize the first module with non-finite values.
-            OUTPUT_NONFINITE.labels(self.model_name).inc(int(bad.sum()))
-            raise ValueError(f"{int(bad.sum())} of {len(output)} instance(s) got non-finite probabilities")
+            # NaN is not JSON; the batching loop fails the request through explain_nonfinite.
+            raise NonFiniteOutput(bad)
         if answer_format == PROBABILITIES_F32:
             return output.tobytes()
         # JSON is built here, in the worker, so the API server only frames it: one bytes object
         # crosses the process boundary instead of a tree of Python floats.
         return encode_predictions(output, self.model.output_spec)
+
+    def explain_nonfinite(self, failed: list[tuple[Request, np.ndarray]]) -> list[bytes]:
+        """The error bodies of requests whose outputs went non-finite (``rows``: which instances), after
+        one replay of just those instances with every module hooked finds where each started. Counts
+        the instances (``hookserve_output_nonfinite_total``) and each request once at its origin module
+        (``hookserve_nonfinite_origin_total``), and logs one line per request."""
+        OUTPUT_NONFINITE.labels(self.model_name).inc(sum(int(rows.sum()) for _, rows in failed))
+        origins: list[Origin | None] = []
+        if self.monitor is not None:
+            x = torch.from_numpy(np.concatenate([request[3][rows] for request, rows in failed]))
+            origins = self.monitor.locate_nonfinite(
+                x, lambda: serving_mode(self.model, self.torch_device, self.config.precision)
+            )
+        offset = 0
+        for request, rows in failed:
+            count = int(rows.sum())
+            found = [origin for origin in origins[offset : offset + count] if origin is not None]
+            offset += count
+            origin = min(found, key=lambda o: o.step) if found else None
+            if origin is not None:
+                self.monitor.count_origin(origin.module)
+                where = f"origin module {origin.module!r} (first non-finite output, replayed alone)"
+            elif self.monitor is None:
+                where = "origin not located (monitoring is off for this model)"
+            else:
+                where = "origin not located (the replay of these instances alone came out finite)"
+            logger.error(
+                "model %s: request %s got non-finite probabilities in %d of %d instance(s); %s",
+                self.model_name, request[5], count, len(rows), where,
+            )  # fmt: skip
+        return [NONFINITE_ERROR] * len(failed)
