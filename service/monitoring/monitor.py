@@ -4,6 +4,8 @@
     handle = monitor.attach()              # once, after model.eval() and .to(device)
     with monitor.observe_batch():          # per batch, around the single model(x)
         out = model(x)
+    if monitor.shadow_due:                 # bf16/fp16 only, now and then: the fp32 shadow
+        monitor.run_shadow(x, out)         # (the worker runs it once the batch's replies are sent)
     handle.remove()                        # at shutdown (or monitor.detach()): the model is as before
 
 Batches come in three kinds, chosen by :class:`SamplingController` so that the mean cost of monitoring
@@ -48,6 +50,7 @@ from service.monitoring.origin import Origin, locate_origins, origin_label
 from service.monitoring.publishing import Publisher, to_host
 from service.monitoring.sampling import SamplingController
 from service.monitoring.selection import select_modules
+from service.monitoring.shadow import SHADOWED_PRECISIONS, PrecisionShadow
 from service.monitoring.stats import summarize
 
 logger = logging.getLogger(__name__)
@@ -95,6 +98,7 @@ class ModelMonitor:
 
     ``reference`` overrides the drift reference file (``config.drift.reference``, else
     ``models/checkpoints/{model_name}.reference.safetensors``); without one, drift is off.
+    ``precision`` is the served precision: for bf16/fp16 the fp32 shadow runs (``config.shadow``).
     """
 
     def __init__(
@@ -105,6 +109,7 @@ class ModelMonitor:
         device: torch.device | str | None = None,
         *,
         reference: Reference | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.model = model
         self.model_name = model_name
@@ -119,9 +124,18 @@ class ModelMonitor:
             on_error=self._on_hook_error,
         )
         self._hooks = HookSet(self.probes, self._flags, self._on_bypass, cuda=self._cuda)
-        self.controller = SamplingController(
-            self.config.overhead_budget, self.config.guard_every, self.config.stats_every
-        )
+        budget = self.config.overhead_budget
+        shadow = self.config.shadow
+        self.shadow: PrecisionShadow | None = None
+        if self.config.enabled and shadow.enabled and precision in SHADOWED_PRECISIONS:
+            self.shadow = PrecisionShadow(
+                model, model_name, self.probes, shadow, budget * shadow.budget_share, self.device
+            )
+            budget *= 1.0 - shadow.budget_share  # the hooks' sampling plans within the rest
+        # True after a shadowed batch until run_shadow() (the caller's part: it holds the input).
+        self.shadow_due = False
+        self._shadow_batch = False
+        self.controller = SamplingController(budget, self.config.guard_every, self.config.stats_every)
         self._reference = reference
         self._drift: DriftTracker | None = None
         self._publisher: Publisher | None = None
@@ -190,6 +204,9 @@ class ModelMonitor:
         if self._in_batch:
             self.end_batch(failed=True)
         self._hooks.remove()
+        if self.shadow is not None:
+            self.shadow.remove()
+            self.shadow_due = self._shadow_batch = False
         if self.attached:
             self.publish()
         self.attached = False
@@ -252,6 +269,9 @@ class ModelMonitor:
             for probe in self.probes:
                 probe.reset()
             self._hooks.arm()
+            if self.shadow_due:  # the last shadowed batch was never run in fp32: drop its copies
+                self.shadow_due = False
+                self.shadow.discard()
         elif self.batches == self._time_idle_at:
             if self._cuda:
                 self.meter.idle_events[0].record()
@@ -297,6 +317,14 @@ class ModelMonitor:
         stats = self._stats
         self._last_armed_kind = "stats" if stats else "armed"
         hooks_s = 0.0
+        if self._shadow_batch:
+            self._shadow_batch = False
+            self.shadow.disarm_capture()
+            if failed:
+                self.shadow.discard()
+            else:
+                self.shadow_due = True
+                forward_s -= self.shadow.capture_s  # the copies are the shadow's cost, not the forward's
         if failed:
             for probe in self.probes:
                 probe.entered = False
@@ -337,6 +365,20 @@ class ModelMonitor:
             self._hooks.arm()
         else:
             self._hooks.disarm()
+        if self.shadow is not None:
+            self._plan_shadow()
+
+    def _plan_shadow(self) -> None:
+        """Capture the next batch's module outputs for the shadow if it is armed and a shadow is due
+        (one at a time: not while the last one waits for :meth:`run_shadow`)."""
+        shadow = self.shadow
+        self._shadow_batch = (
+            self._armed and not self.shadow_due and shadow.due(self.batches, self.controller.forward_s)
+        )
+        if self._shadow_batch:
+            shadow.arm_capture()
+        else:
+            shadow.disarm_capture()
 
     def _time_idle_path(self) -> float:
         """Price one idle batch (see :func:`~service.monitoring.metering.time_idle_path`), planned idle for
@@ -365,6 +407,25 @@ class ModelMonitor:
         self._pending_bypass = self._pending_resets = 0
         self.meter.overhead_s += _perf_counter() - started
 
+    # --- the precision shadow ---------------------------------------------------------------------
+
+    def run_shadow(self, x: torch.Tensor, served: torch.Tensor) -> None:
+        """After a batch that left ``shadow_due`` set: run its input ``x`` again in fp32 and compare with
+        the served run (``served``: its output). Call it between batches, outside autocast, e.g. once
+        the batch's replies are sent; its cost counts as monitoring overhead. A no-op otherwise."""
+        if not self.shadow_due:
+            return
+        self.shadow_due = False
+        armed = self._hooks.armed
+        self._hooks.disarm()  # the fp32 pass is not a served batch: no latencies, counts or stats
+        try:
+            cost = self.shadow.run(x, served, self.batches - 1, self.controller.forward_s)
+        finally:
+            if armed:
+                self._hooks.arm()
+        self.meter.add(0.0, cost)
+        self._plan_shadow()  # the next batch may be shadowed now
+
     # --- rare events --------------------------------------------------------------------------------
 
     def locate_nonfinite(
@@ -376,12 +437,17 @@ class ModelMonitor:
         batches. The monitor's own hooks sit the replay out; its cost counts as monitoring overhead."""
         started = _perf_counter()
         armed = self._hooks.armed
+        capturing = self.shadow is not None and self.shadow.capturing
         self._hooks.disarm()
+        if capturing:
+            self.shadow.disarm_capture()
         try:
             found = locate_origins(self.model, x.to(self.device), context)
         finally:
             if armed:
                 self._hooks.arm()
+            if capturing:
+                self.shadow.arm_capture()
         names = self.module_names
         located = [origin and Origin(origin_label(origin.module, names), origin.step) for origin in found]
         self.meter.add(0.0, _perf_counter() - started)

@@ -10,7 +10,8 @@ the worker's own :class:`~service.worker.inbox.Inbox` rather than LitServe's que
 * when a batched forward pass raises, re-runs each request on its own so only the culprit fails;
 * when some requests' outputs are non-finite, has the LitAPI explain them (``explain_nonfinite``:
   the model worker replays them to find the module where it started) and fails only those, with 500;
-* sends each API server one frame with all of its replies per batch.
+* sends each API server one frame with all of its replies per batch, then lets the LitAPI do work
+  that may wait (``after_replies``: the model worker's fp32 precision shadow).
 
 It calls the LitAPI's ``decode_request``, ``batch``, ``predict``, ``unbatch`` and ``encode_response``
 in that order.
@@ -147,6 +148,8 @@ class InstanceBatchingLoop(LitLoop):
         states.set(model_name, worker_id, WorkerState.READY, os.getpid())
         WORKERS_READY.labels(model_name).set(1)
         logger.info("%s worker %d accepting requests", model_name, worker_id)
+        # Work that may wait until a batch's replies are sent (the model worker's precision shadow).
+        after_replies = getattr(lit_api, "after_replies", None)
         try:
             while True:
                 batch = collect(inbox, lit_api.max_batch_size, lit_api.batch_timeout)
@@ -156,5 +159,7 @@ class InstanceBatchingLoop(LitLoop):
                 self.process(lit_api, batch, replies)
                 for connection, answers in replies.items():
                     inbox.send(connection, answers)
+                if after_replies is not None:
+                    after_replies()
         finally:
             inbox.close()

@@ -23,7 +23,13 @@ from service.litserve_compat import LitAPI, RoutelessSpec, worker_id
 from service.logs import configure_logging
 from service.messages import PREDICTIONS_JSON, PROBABILITIES_F32, Request
 from service.model_loading import load_served_model
-from service.monitoring.metrics import MODEL_FORWARD, MODEL_INFO, OUTPUT_NONFINITE, PRECISION_AGREEMENT
+from service.monitoring.metrics import (
+    MODEL_FORWARD,
+    MODEL_INFO,
+    OUTPUT_NONFINITE,
+    PRECISION_AGREEMENT,
+    PRECISION_MIN_AGREEMENT,
+)
 from service.monitoring.origin import NonFiniteOutput, Origin
 from service.orphans import die_with_parent
 from service.worker.batching import InstanceBatchingLoop
@@ -78,6 +84,8 @@ class ModelWorker(LitAPI):
         self.model: ServableModel | None = None
         self.monitor: Any = None
         self.states = states
+        self._shadow_input: tuple[torch.Tensor, torch.Tensor] | None = None  # (x, output) to shadow
+        self._shadow_failed = False
 
     # --- start-up (in the worker) -----------------------------------------------------------------
     def setup(self, device: str) -> None:
@@ -115,6 +123,8 @@ class ModelWorker(LitAPI):
         self.monitor = self._attach_monitor()
         warm_seconds = warm_up(self.model, self.torch_device, cfg.precision, cfg.max_batch_size)
         PRECISION_AGREEMENT.labels(cfg.name).set(report.top1_agreement if report else 1.0)
+        if cfg.precision != "fp32":  # the live shadow's alert compares its agreement with this
+            PRECISION_MIN_AGREEMENT.labels(cfg.name).set(cfg.min_precision_agreement)
         MODEL_INFO.labels(cfg.name, cfg.version, str(self.torch_device), cfg.precision).set(1)
         OUTPUT_NONFINITE.labels(cfg.name)  # exported at 0 from the start, so increase() sees the first one
         write_report(
@@ -140,7 +150,13 @@ class ModelWorker(LitAPI):
             return None
         from service.monitoring.monitor import ModelMonitor
 
-        monitor = ModelMonitor(self.model, self.model_name, self.config.monitoring, self.torch_device)
+        monitor = ModelMonitor(
+            self.model,
+            self.model_name,
+            self.config.monitoring,
+            self.torch_device,
+            precision=self.config.precision,
+        )
         monitor.attach()
         return monitor
 
@@ -169,7 +185,23 @@ class ModelWorker(LitAPI):
         result = probabilities.float().cpu().numpy()  # the copy to host synchronizes the device
         synchronize(self.torch_device)
         MODEL_FORWARD.labels(self.model_name).observe(time.perf_counter() - start)
+        if self.monitor is not None and self.monitor.shadow_due:
+            self._shadow_input = (x, probabilities)  # run in fp32 once the replies are sent
         return result, sizes
+
+    def after_replies(self) -> None:
+        """Called by the batching loop once a batch's replies are sent: the fp32 precision shadow, when
+        this batch was picked for it, runs here, off the requests' latency."""
+        pending = self._shadow_input
+        if pending is None:
+            return
+        self._shadow_input = None
+        try:
+            self.monitor.run_shadow(*pending)
+        except Exception:  # a monitoring fault must not take the worker down
+            if not self._shadow_failed:
+                self._shadow_failed = True
+                logger.exception("model %s: the fp32 precision shadow failed", self.model_name)
 
     def unbatch(self, output: tuple[np.ndarray, list[int]]) -> list[np.ndarray]:
         probabilities, sizes = output
