@@ -176,7 +176,7 @@ NONFINITE_ORIGIN = Counter(
 PRECISION_MIN_AGREEMENT = Gauge(
     "hookserve_precision_min_agreement",
     "The model's min_precision_agreement: the top-1 agreement with fp32 required at start-up, and the "
-    "threshold of the live shadow's alert (bf16/fp16 models only).",
+    "threshold of the live shadow's alert.",
     ["model"],
     multiprocess_mode="max",
 )
@@ -188,7 +188,8 @@ SHADOW_BATCHES = Counter(
 SHADOW_TOP1_AGREEMENT = Gauge(
     "hookserve_shadow_top1_agreement",
     "Fraction of shadowed live instances whose top-1 class is the same in fp32 as at the served precision, "
-    "over the rolling window (the worst live worker); absent until the window holds min_instances.",
+    "over the rolling window (the worst live worker); absent until the window holds min_instances; "
+    "1 for fp32 models, which have no shadow.",
     ["model"],
     multiprocess_mode="livemin",
 )

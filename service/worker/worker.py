@@ -29,8 +29,12 @@ from service.monitoring.metrics import (
     OUTPUT_NONFINITE,
     PRECISION_AGREEMENT,
     PRECISION_MIN_AGREEMENT,
+    SHADOW_BATCHES,
+    SHADOW_MAX_ABS_DIFF,
+    SHADOW_TOP1_AGREEMENT,
 )
 from service.monitoring.origin import NonFiniteOutput, Origin
+from service.monitoring.shadow import OUTPUT
 from service.orphans import die_with_parent
 from service.worker.batching import InstanceBatchingLoop
 from service.worker.runtime import (
@@ -123,8 +127,13 @@ class ModelWorker(LitAPI):
         self.monitor = self._attach_monitor()
         warm_seconds = warm_up(self.model, self.torch_device, cfg.precision, cfg.max_batch_size)
         PRECISION_AGREEMENT.labels(cfg.name).set(report.top1_agreement if report else 1.0)
-        if cfg.precision != "fp32":  # the live shadow's alert compares its agreement with this
-            PRECISION_MIN_AGREEMENT.labels(cfg.name).set(cfg.min_precision_agreement)
+        # The live shadow's alert compares its agreement with this threshold. An fp32 model has no
+        # shadow (it is fp32 already): like the start-up agreement, its shadow reads 1 and 0 difference.
+        PRECISION_MIN_AGREEMENT.labels(cfg.name).set(cfg.min_precision_agreement)
+        if cfg.precision == "fp32" and self.monitor is not None:
+            SHADOW_BATCHES.labels(cfg.name)
+            SHADOW_TOP1_AGREEMENT.labels(cfg.name).set(1.0)
+            SHADOW_MAX_ABS_DIFF.labels(cfg.name, OUTPUT).set(0.0)
         MODEL_INFO.labels(cfg.name, cfg.version, str(self.torch_device), cfg.precision).set(1)
         OUTPUT_NONFINITE.labels(cfg.name)  # exported at 0 from the start, so increase() sees the first one
         write_report(
