@@ -17,7 +17,6 @@ from prometheus_client import REGISTRY
 
 from service.config import ModelServeConfig
 from service.messages import PREDICTIONS_JSON
-from service.monitoring import ModelMonitor
 from service.monitoring.origin import ROOT, bad_rows, locate_origins, origin_label
 from service.worker.batching import InstanceBatchingLoop
 from service.worker.worker import NONFINITE_ERROR, ModelWorker
@@ -78,13 +77,14 @@ def make_worker(name: str, precision: str = "fp32") -> ModelWorker:
     """A model worker set up by hand (no process, no LitServe server) around the NaN fixture."""
     config = ModelServeConfig(
         name=name, source="tests.fixtures.nan_model:build", precision=precision, max_batch_size=64,
-        monitoring={"drift": {"enabled": False}},
+        monitoring={
+            "drift": {"enabled": False}, "guard_every": 1, "shadow": {"every": 1, "min_instances": 1}
+        },
     )  # fmt: skip
     worker = ModelWorker(config, states=None)
     worker.torch_device = torch.device("cpu")
     worker.model = build()
-    worker.monitor = ModelMonitor(worker.model, name, config.monitoring, worker.torch_device)
-    worker.monitor.attach()
+    worker.monitor = worker._attach_monitor()  # with the fp32 shadow on every batch for bf16
     return worker
 
 
@@ -128,6 +128,11 @@ def test_a_poisoned_request_is_counted_at_its_origin_once_and_fails_alone(
         assert f"req-{uid}" in message and name in message and f"'{ORIGIN_BLOCK}'" in message
         assert record.exc_info is None  # one line, no traceback
     assert not any(r.getMessage().startswith(f"model {name}: cannot answer") for r in caplog.records)
+
+    if precision == "bf16":  # the shadow of the same batch compares the answered (finite) rows only
+        worker.after_replies()
+        shadow = worker.monitor.shadow
+        assert shadow.batches == 1 and shadow._window_instances == 4 and shadow.top1_agreement == 1.0
 
     # The monitor's own hooks sat the replay out, and monitoring carries on.
     with torch.inference_mode(), worker.monitor.observe_batch():
