@@ -16,7 +16,6 @@ from tests.fixtures.nan_model import HEALTHY, ORIGIN_BLOCK, POISONED
 
 pytestmark = pytest.mark.slow
 
-DIGIT = [[8.0] * 8] * 8
 MODULES = ["blocks.0", "blocks.1", "blocks.2", "head"]
 
 
@@ -113,8 +112,12 @@ def test_a_generated_request_id_is_in_the_error_body_and_the_header(server: Serv
 
 
 def test_the_bf16_model_is_shadowed_in_fp32_live(server: ServerProcess) -> None:
-    for _ in range(5):
-        assert post(server, "digits-bf16", [DIGIT] * 4).status_code == 200
+    from models.datasets import load_dataset
+    from models.registry import get_card
+
+    digits = load_dataset(get_card("digits-cnn").dataset).test_x[:20].tolist()  # held-out digits
+    for i in range(5):
+        assert post(server, "digits-bf16", digits[4 * i : 4 * i + 4]).status_code == 200
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         text = metrics(server)
