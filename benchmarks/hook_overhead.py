@@ -12,6 +12,11 @@ round a fixed slice of time:
 * ``default``: ``MonitorConfig()``, the service's default (adaptive sampling within a 3 % budget);
 * ``full``: every batch armed and sampled (``guard_every=1, stats_every=1``).
 
+With ``--precision bf16``/``fp16`` both monitored configurations include the live fp32 precision
+shadow as the worker runs it (``monitor.run_shadow(x, out)`` after a batch that left
+``monitor.shadow_due`` set, inside the timed call): at its default budget share in ``default``, and
+on every batch in ``full`` (``shadow.every=1``).
+
 Both monitored configurations carry a drift reference captured in memory from the model's calibration
 inputs, so drift histograms are part of the cost. Each call is timed on its own, around exactly what the
 worker wraps: ``with monitor.observe_batch(): model(x)``. CPU: ``time.perf_counter``; CUDA: an event
@@ -58,6 +63,8 @@ class Result:
     guard_every: int | None = None
     stats_every: int | None = None
     self_reported_overhead: float | None = None
+    shadow_every: int | None = None
+    shadow_batches: int | None = None
 
 
 class Timer:
@@ -130,6 +137,9 @@ def bench_one(
             result.guard_every = monitor.controller.guard_every
             result.stats_every = monitor.controller.stats_every
             result.self_reported_overhead = _self_reported(monitor)
+            if monitor.shadow is not None:
+                result.shadow_every = monitor.shadow.every
+                result.shadow_batches = monitor.shadow.batches
         results.append(result)
     return results
 
@@ -140,7 +150,10 @@ def _monitored_call(model: nn.Module, x: torch.Tensor, monitor: ModelMonitor | N
 
     def call() -> object:
         with monitor.observe_batch():
-            return model(x)
+            out = model(x)
+        if monitor.shadow_due:  # as the worker does (after the replies; autocast off inside)
+            monitor.run_shadow(x, out)
+        return out
 
     return call
 
@@ -168,11 +181,16 @@ def run(args: argparse.Namespace) -> list[Result]:
         reference = capture_reference(model, name, batched(inputs.to(device), 64))
         for batch_size in args.batch_sizes:
             x = torch.cat([inputs] * math.ceil(batch_size / len(inputs)))[:batch_size].to(device)
-            configs = {"default": MonitorConfig(), "full": MonitorConfig(guard_every=1, stats_every=1)}
+            configs = {
+                "default": MonitorConfig(),
+                "full": MonitorConfig(guard_every=1, stats_every=1, shadow={"every": 1}),
+            }
             monitors: dict[str, ModelMonitor | None] = {"off": None}
             for label, config in configs.items():
                 monitor_name = f"bench-{name}-b{batch_size}-{label}"
-                monitors[label] = ModelMonitor(model, monitor_name, config, device, reference=reference)
+                monitors[label] = ModelMonitor(
+                    model, monitor_name, config, device, reference=reference, precision=args.precision
+                )
             found = bench_one(
                 model, name, x, monitors, rounds=args.rounds, round_s=args.round_seconds, device=device,
                 precision=args.precision,
@@ -189,14 +207,22 @@ def _row(found: list[Result]) -> str:
         f"| {default.mean_ms / off.mean_ms:.3f} | {default.p95_ms / off.p95_ms:.3f} "
         f"| {full.mean_ms / off.mean_ms:.3f} | {full.p95_ms / off.p95_ms:.3f} "
         f"| {default.guard_every} / {default.stats_every} "
-        f"| {100 * (default.self_reported_overhead or 0):.1f} % |"
+        f"| {100 * (default.self_reported_overhead or 0):.1f} % "
+        f"| {_shadow(default)} |"
     )
+
+
+def _shadow(result: Result) -> str:
+    if result.shadow_every is None:
+        return "-"
+    return f"{result.shadow_batches} (every {result.shadow_every})"
 
 
 HEADER = (
     "| model | batch | off mean ms | off p95 ms | default mean ratio | default p95 ratio "
-    "| full mean ratio | full p95 ratio | default armed / stats every | default self-reported |\n"
-    "|---|---|---|---|---|---|---|---|---|---|"
+    "| full mean ratio | full p95 ratio | default armed / stats every | default self-reported "
+    "| default shadow batches |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 

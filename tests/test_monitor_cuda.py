@@ -54,7 +54,8 @@ def test_cuda_matches_cpu_and_never_syncs_inside_the_forward() -> None:
     for device in ("cpu", "cuda"):
         net = model().to(device)
         names[device] = f"cuda-vs-cpu-{device}-{next(_names)}"
-        monitor = ModelMonitor(net, names[device], CONFIG, device).attach()
+        monitor = ModelMonitor(net, names[device], CONFIG, device)
+        monitor.attach()
         serve(monitor, net, x.to(device), batches=2)
         monitor.detach()
     for module in ("0", "1", "2", "3"):
@@ -73,7 +74,8 @@ def test_cuda_bf16_autocast_stats_are_float32_and_finite() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(16, 256), nn.GELU(), nn.Linear(256, 10)).eval().cuda()
     name = f"cuda-bf16-{next(_names)}"
-    monitor = ModelMonitor(net, name, CONFIG, "cuda").attach()
+    monitor = ModelMonitor(net, name, CONFIG, "cuda")
+    monitor.attach()
     with torch.autocast("cuda", dtype=torch.bfloat16):
         serve(monitor, net, torch.randn(64, 16, device="cuda"), batches=3)
     monitor.detach()
@@ -85,7 +87,8 @@ def test_cuda_bf16_autocast_stats_are_float32_and_finite() -> None:
 
 def test_cuda_detach_restores_the_model() -> None:
     net = model().cuda()
-    monitor = ModelMonitor(net, f"cuda-detach-{next(_names)}", CONFIG, "cuda").attach()
+    monitor = ModelMonitor(net, f"cuda-detach-{next(_names)}", CONFIG, "cuda")
+    monitor.attach()
     serve(monitor, net, torch.randn(4, 16, device="cuda"))
     monitor.detach()
     assert all(not m._forward_hooks and not m._forward_pre_hooks and "forward" not in vars(m) for m in net)

@@ -57,7 +57,8 @@ def test_armed_batches_sync_once_and_count_nonfinite_from_the_copy(fake_cuda: No
     config = MonitorConfig(
         guard_every=1, stats_every=1, publish_interval_s=0, level="leaf", drift={"enabled": False}
     )
-    monitor = ModelMonitor(model, "fake-cuda-armed", config, torch.device("cuda")).attach()
+    monitor = ModelMonitor(model, "fake-cuda-armed", config, torch.device("cuda"))
+    monitor.attach()
     with torch.inference_mode():
         for _ in range(3):
             with monitor.observe_batch():
@@ -75,7 +76,8 @@ def test_armed_batches_sync_once_and_count_nonfinite_from_the_copy(fake_cuda: No
 def test_idle_batches_make_no_cuda_call_but_one_is_timed_per_armed_batch(fake_cuda: None) -> None:
     model = nn.Sequential(nn.Linear(4, 8)).eval()
     config = MonitorConfig(guard_every=10, stats_every=10, publish_interval_s=3600, drift={"enabled": False})
-    monitor = ModelMonitor(model, "fake-cuda-idle", config, torch.device("cuda")).attach()
+    monitor = ModelMonitor(model, "fake-cuda-idle", config, torch.device("cuda"))
+    monitor.attach()
     records_before = FakeEvent.records
     with torch.inference_mode():
         for _ in range(101):

@@ -36,7 +36,8 @@ def digits_cnn() -> tuple[nn.Module, Reference]:
 def live_psi(model: nn.Module, reference: Reference, data: torch.Tensor) -> dict[str, float]:
     """Serve 8 batches of 32 instances drawn from ``data``; the published PSI per module."""
     name = f"drift-{next(_names)}"
-    monitor = ModelMonitor(model, name, CONFIG, reference=reference).attach()
+    monitor = ModelMonitor(model, name, CONFIG, reference=reference)
+    monitor.attach()
     generator = torch.Generator().manual_seed(1)
     with torch.inference_mode():
         for _ in range(8):
@@ -75,7 +76,8 @@ def test_psi_waits_for_a_full_window() -> None:
     model = nn.Sequential(nn.Linear(4, 8)).eval()
     reference = capture_reference(model, "window", [torch.randn(256, 4)], CONFIG)
     config = CONFIG.model_copy(update={"drift": CONFIG.drift.model_copy(update={"window_batches": 3})})
-    monitor = ModelMonitor(model, "drift-window", config, reference=reference).attach()
+    monitor = ModelMonitor(model, "drift-window", config, reference=reference)
+    monitor.attach()
     seen = []
     with torch.inference_mode():
         for _ in range(4):
@@ -131,7 +133,8 @@ def test_reference_from_other_weights_is_refused(tmp_path: Path, caplog: pytest.
         model[0].weight.add_(0.1)  # retrained since the reference was captured
     config = CONFIG.model_copy(update={"drift": CONFIG.drift.model_copy(update={"reference": path})})
     with caplog.at_level(logging.WARNING):
-        monitor = ModelMonitor(model, "drift-stale", config).attach()
+        monitor = ModelMonitor(model, "drift-stale", config)
+        monitor.attach()
     monitor.detach()
     assert monitor.drift_modules == []
     assert "other weights" in caplog.text
@@ -153,6 +156,7 @@ def test_shipped_references_match_their_weights_and_cover_the_default_modules(mo
     if not get_card(model_name).synthetic_weights and not default_checkpoint_path(model_name).is_file():
         pytest.skip(f"no trained checkpoint for {model_name}")
     model = load_pretrained(model_name)
-    monitor = ModelMonitor(model, model_name, MonitorConfig()).attach()
+    monitor = ModelMonitor(model, model_name, MonitorConfig())
+    monitor.attach()
     monitor.detach()
     assert monitor.drift_modules == monitor.module_names

@@ -70,7 +70,8 @@ def run_batches(monitor: ModelMonitor, model: nn.Module, x: torch.Tensor, n: int
 def test_nonfinite_is_counted_where_it_first_appears_and_not_before() -> None:
     model = nn.Sequential(nn.Linear(8, 16), InjectNaN(), nn.Linear(16, 4), nn.ReLU()).eval()
     name = unique_name("nan")
-    monitor = ModelMonitor(model, name, every_batch()).attach()
+    monitor = ModelMonitor(model, name, every_batch())
+    monitor.attach()
     run_batches(monitor, model, torch.randn(3, 8), n=2)
     monitor.detach()
 
@@ -83,7 +84,8 @@ def test_nonfinite_is_counted_where_it_first_appears_and_not_before() -> None:
 def test_nonfinite_checks_the_full_output_when_stats_are_subsampled() -> None:
     model = nn.Sequential(nn.Linear(8, 4096), InjectNaN()).eval()
     name = unique_name("nan-big")
-    monitor = ModelMonitor(model, name, every_batch(sample_elements=16, stats_every=1000)).attach()
+    monitor = ModelMonitor(model, name, every_batch(sample_elements=16, stats_every=1000))
+    monitor.attach()
     run_batches(monitor, model, torch.randn(8, 8), n=3)
     monitor.detach()
     assert sample("hookserve_activation_nonfinite_total", name, "1") == 3.0
@@ -92,7 +94,8 @@ def test_nonfinite_checks_the_full_output_when_stats_are_subsampled() -> None:
 def test_latency_is_recorded_for_every_selected_module() -> None:
     model = mlp()
     name = unique_name("latency")
-    monitor = ModelMonitor(model, name, every_batch()).attach()
+    monitor = ModelMonitor(model, name, every_batch())
+    monitor.attach()
     run_batches(monitor, model, torch.randn(5, 8), n=3)
     monitor.detach()
 
@@ -114,7 +117,9 @@ def test_detach_leaves_no_hook_or_forward_wrapper_and_outputs_unchanged() -> Non
         for name, m in model.named_modules()
     }
 
-    monitor = ModelMonitor(model, unique_name("detach"), every_batch()).attach()
+    monitor = ModelMonitor(model, unique_name("detach"), every_batch())
+
+    monitor.attach()
     assert all("forward" in vars(m) for m in model if isinstance(m, nn.Linear))
     outputs = run_batches(monitor, model, x, n=3)
     monitor.detach()
@@ -132,7 +137,8 @@ def test_detach_leaves_no_hook_or_forward_wrapper_and_outputs_unchanged() -> Non
 
 def test_idle_batches_run_without_hooks() -> None:
     model = mlp()
-    monitor = ModelMonitor(model, unique_name("idle"), every_batch(guard_every=4, stats_every=4)).attach()
+    monitor = ModelMonitor(model, unique_name("idle"), every_batch(guard_every=4, stats_every=4))
+    monitor.attach()
     hooked = []
     with torch.inference_mode():
         for _ in range(8):
@@ -146,7 +152,8 @@ def test_idle_batches_run_without_hooks() -> None:
 def test_bypass_detector_counts_a_child_forward_called_directly(caplog: pytest.LogCaptureFixture) -> None:
     model = CallsChildForward().eval()
     name = unique_name("bypass")
-    monitor = ModelMonitor(model, name, every_batch()).attach()
+    monitor = ModelMonitor(model, name, every_batch())
+    monitor.attach()
     with caplog.at_level(logging.WARNING, logger="service.monitoring.monitor"):
         run_batches(monitor, model, torch.randn(2, 4), n=3)
     monitor.detach()
@@ -159,7 +166,8 @@ def test_bypass_detector_counts_a_child_forward_called_directly(caplog: pytest.L
 def test_bypass_detector_is_quiet_when_modules_are_called() -> None:
     model = mlp()
     name = unique_name("no-bypass")
-    monitor = ModelMonitor(model, name, every_batch()).attach()
+    monitor = ModelMonitor(model, name, every_batch())
+    monitor.attach()
     run_batches(monitor, model, torch.randn(2, 8), n=3)
     monitor.detach()
     assert sample("hookserve_forward_bypass_total", name) == 0.0
@@ -168,7 +176,8 @@ def test_bypass_detector_is_quiet_when_modules_are_called() -> None:
 def test_training_mode_is_reported_and_reset_before_the_forward() -> None:
     model = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.5), nn.Linear(8, 2))
     name = unique_name("train")
-    monitor = ModelMonitor(model, name, every_batch()).attach()  # attach finds 4 modules training
+    monitor = ModelMonitor(model, name, every_batch())  # attach finds 4 modules training
+    monitor.attach()
     model.train()  # someone flips the model back to training mid-serving
     x = torch.ones(64, 8)
     outputs = run_batches(monitor, model, x, n=2)
@@ -182,7 +191,8 @@ def test_training_mode_is_reported_and_reset_before_the_forward() -> None:
 def test_a_submodule_left_in_training_mode_is_caught_at_publish() -> None:
     model = mlp()
     name = unique_name("train-sub")
-    monitor = ModelMonitor(model, name, every_batch()).attach()
+    monitor = ModelMonitor(model, name, every_batch())
+    monitor.attach()
     model[1].train()
     run_batches(monitor, model, torch.randn(2, 8))
     monitor.detach()
@@ -192,7 +202,8 @@ def test_a_submodule_left_in_training_mode_is_caught_at_publish() -> None:
 
 def test_disabled_monitor_attaches_nothing() -> None:
     model = mlp()
-    monitor = ModelMonitor(model, unique_name("off"), MonitorConfig(enabled=False)).attach()
+    monitor = ModelMonitor(model, unique_name("off"), MonitorConfig(enabled=False))
+    monitor.attach()
     outputs = run_batches(monitor, model, torch.randn(2, 8))
     assert monitor.module_names == []
     assert all(not m._forward_hooks and "forward" not in vars(m) for m in model.modules())
@@ -202,7 +213,8 @@ def test_disabled_monitor_attaches_nothing() -> None:
 def test_a_failed_batch_is_discarded_and_hooks_stay_consistent() -> None:
     model = mlp()
     name = unique_name("fail")
-    monitor = ModelMonitor(model, name, every_batch()).attach()
+    monitor = ModelMonitor(model, name, every_batch())
+    monitor.attach()
     with pytest.raises(RuntimeError), torch.inference_mode(), monitor.observe_batch():
         model(torch.randn(2, 3))  # wrong width: the first layer raises
     run_batches(monitor, model, torch.randn(2, 8))
@@ -213,7 +225,8 @@ def test_a_failed_batch_is_discarded_and_hooks_stay_consistent() -> None:
 
 def test_armed_batches_keep_coming_when_the_plan_changes() -> None:
     model = mlp()
-    monitor = ModelMonitor(model, unique_name("replan"), MonitorConfig(publish_interval_s=0)).attach()
+    monitor = ModelMonitor(model, unique_name("replan"), MonitorConfig(publish_interval_s=0))
+    monitor.attach()
     armed_at = []
     with torch.inference_mode():
         for index in range(3000):
@@ -225,3 +238,20 @@ def test_armed_batches_keep_coming_when_the_plan_changes() -> None:
     gaps = [b - a for a, b in itertools.pairwise(armed_at)]
     assert max(gaps) <= monitor.controller.MAX_GUARD_EVERY
     assert 3000 - armed_at[-1] <= monitor.controller.guard_every
+
+
+def test_attach_returns_a_removable_handle() -> None:
+    model = mlp()
+    monitor = ModelMonitor(model, unique_name("handle"), every_batch())
+    handle = monitor.attach()
+    assert monitor.attach() is handle and handle.attached  # idempotent
+    assert model[0]._forward_hooks
+    handle.remove()
+    assert not monitor.attached and not handle.attached
+    assert all(not m._forward_hooks and "forward" not in vars(m) for m in model.modules())
+    again = monitor.attach()
+    handle.remove()  # a stale handle leaves the new attachment alone
+    assert monitor.attached and again is not handle
+    with again:
+        run_batches(monitor, model, torch.randn(2, 8))
+    assert not monitor.attached and all(not m._forward_hooks for m in model.modules())

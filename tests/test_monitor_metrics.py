@@ -21,6 +21,7 @@ PER_MODULE = {
     "hookserve_activation_zero_fraction": "gauge",
     "hookserve_activation_nonfinite": "counter",
     "hookserve_activation_drift_psi": "gauge",
+    "hookserve_nonfinite_origin": "counter",  # at 0 from attach, for every monitored module
 }
 PER_MODEL = {
     "hookserve_forward_bypass": "counter",
@@ -39,7 +40,8 @@ def test_monitoring_metrics_are_exported_with_model_and_module_labels() -> None:
         {"guard_every": 1, "stats_every": 1, "publish_interval_s": 0, "drift": {"window_batches": 1}}
     )
     reference = capture_reference(model, MODEL, [x], config)
-    monitor = ModelMonitor(model, MODEL, config, reference=reference).attach()
+    monitor = ModelMonitor(model, MODEL, config, reference=reference)
+    monitor.attach()
     with torch.inference_mode(), monitor.observe_batch():
         model(x)
     monitor.detach()

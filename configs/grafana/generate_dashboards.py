@@ -533,6 +533,21 @@ def model_internals() -> dict:
             thresholds=[(1, "red")],
         ),
         Panel(
+            "Non-finite origins (every request)",
+            "Requests whose output went NaN/Inf per interval, by the first module (in execution order) "
+            "whose output did, found by replaying the request's offending instances with every module "
+            "hooked (hookserve_nonfinite_origin_total; <root>: the model's own code). Every such request "
+            "got a 500; the worker log names its request id next to the module.",
+            "short",
+            [
+                Target(
+                    f"sum by (model, module) (increase(hookserve_nonfinite_origin_total{{{MODEL}}}{RATE}))",
+                    "{{model}} {{module}}",
+                )
+            ],
+            thresholds=[(1, "red")],
+        ),
+        Panel(
             "Drift (PSI) per module",
             "Population stability index of each module's output over the rolling window against the "
             "calibration reference (hookserve_activation_drift_psi). Below 0.1: stable; 0.1-0.25: moderate; "
@@ -541,6 +556,7 @@ def model_internals() -> dict:
             _per_module("hookserve_activation_drift_psi", agg="max"),
             thresholds=[(0.1, "orange"), (0.25, "red")],
             min_value=0,
+            width=24,
         ),
         Panel(
             "Forward bypasses in range",
@@ -626,12 +642,62 @@ def model_internals() -> dict:
             ],
             min_value=1,
         ),
+        Row("Precision shadow (bf16/fp16 models)"),
+        Panel(
+            "Shadow top-1 agreement with fp32",
+            "Share of shadowed live instances whose top-1 class is the same when the batch is re-run in "
+            "fp32 (autocast off) as at the served precision, over the shadow's rolling window, worst live "
+            "worker (hookserve_shadow_top1_agreement; 1 for fp32 models). The 'threshold' series: the "
+            "model's start-up threshold min_precision_agreement; below it for 15 minutes fires "
+            "HookservePrecisionShadowDisagreement.",
+            "percentunit",
+            [
+                Target(f"min by (model) (hookserve_shadow_top1_agreement{{{MODEL}}})", "{{model}}"),
+                Target(
+                    f"max by (model) (hookserve_precision_min_agreement{{{MODEL}}})", "{{model}} threshold"
+                ),
+            ],
+            width=8,
+            max_value=1,
+        ),
+        Panel(
+            "Shadow max |fp32 - served| per module",
+            "Largest absolute difference between the fp32 re-run and the served run of each monitored "
+            "module's output over the shadow's rolling window (hookserve_shadow_max_abs_diff; "
+            "module=<output>: the probabilities). The first module with a jump is where precision is lost.",
+            "none",
+            [
+                Target(
+                    'max by (model, module) (hookserve_shadow_max_abs_diff{model=~"$model", '
+                    'module=~"$module|<output>"})',
+                    "{{model}} {{module}}",
+                )
+            ],
+            width=8,
+            min_value=0,
+        ),
+        Panel(
+            "Shadowed batches",
+            "Live batches re-run in fp32 per interval (hookserve_shadow_batches_total). The shadow spends "
+            "at most monitoring.shadow.budget_share of the overhead budget, so a slow model is shadowed "
+            "less often; its cost is part of the monitoring overhead ratio.",
+            "short",
+            [
+                Target(
+                    f"sum by (model) (increase(hookserve_shadow_batches_total{{{MODEL}}}{RATE}))",
+                    "{{model}}",
+                )
+            ],
+            width=8,
+            min_value=0,
+        ),
     ]
     return _dashboard(
         "hookserve-internals",
         "hookserve / Model internals",
         "What forward hooks see inside the served models: per-module latency, activation statistics, "
-        "non-finite values, drift, bypassed hooks and the cost of monitoring itself.",
+        "non-finite values and their origin, drift, bypassed hooks, the fp32 precision shadow and the "
+        "cost of monitoring itself.",
         [
             _query_variable("model", "Model", "label_values(hookserve_model_info, model)"),
             _query_variable(

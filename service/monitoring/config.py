@@ -29,6 +29,27 @@ class DriftConfig(BaseModel):
     reference: Path | None = None
 
 
+class ShadowConfig(BaseModel):
+    """Live precision shadow (bf16/fp16 models only): some live batches run again in fp32 (autocast
+    off, same weights) and are compared with the served run at every monitored module and at the
+    output (see ``service/monitoring/shadow.py`` and docs/monitoring.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    # The share of ``overhead_budget`` the shadow may spend (an fp32 forward now and then); the
+    # sampling of the hooks plans within the rest. Ignored for fp32 models, which get the whole budget.
+    budget_share: float = Field(0.5, gt=0.0, lt=1.0)
+    # Fixed interval instead of the budget: shadow the first armed batch at least ``every`` batches
+    # after the last shadowed one (1: every armed batch; with ``guard_every: 1``, every batch).
+    every: int | None = Field(None, ge=1)
+    # Top-1 agreement and max |diff| are over the last this-many shadowed instances (rolling window)...
+    window_instances: int = Field(1024, ge=1, le=1_000_000)
+    # ...and the agreement gauge appears once the window holds this many: an agreement over a handful
+    # of instances would page people for nothing.
+    min_instances: int = Field(100, ge=1)
+
+
 class MonitorConfig(BaseModel):
     """Which modules are monitored, and the overhead the monitor may add to the forward pass."""
 
@@ -56,3 +77,4 @@ class MonitorConfig(BaseModel):
     drift: DriftConfig = Field(default_factory=DriftConfig)
     # Counters that change every batch are pushed to Prometheus at most this often (0: every batch).
     publish_interval_s: float = Field(1.0, ge=0.0)
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig)

@@ -167,6 +167,39 @@ OUTPUT_NONFINITE = Counter(
     "Instances whose model output held NaN or Inf (checked on every batch; the request gets a 500).",
     ["model"],
 )
+NONFINITE_ORIGIN = Counter(
+    "hookserve_nonfinite_origin_total",
+    "Requests whose output went non-finite, by the first module (execution order) whose output did, found "
+    "by replaying the request's offending instances with every module hooked; <root>: the model's own code.",
+    ["model", "module"],
+)
+PRECISION_MIN_AGREEMENT = Gauge(
+    "hookserve_precision_min_agreement",
+    "The model's min_precision_agreement: the top-1 agreement with fp32 required at start-up, and the "
+    "threshold of the live shadow's alert.",
+    ["model"],
+    multiprocess_mode="max",
+)
+SHADOW_BATCHES = Counter(
+    "hookserve_shadow_batches_total",
+    "Live batches of a bf16/fp16 model run again in fp32 (the precision shadow) and compared.",
+    ["model"],
+)
+SHADOW_TOP1_AGREEMENT = Gauge(
+    "hookserve_shadow_top1_agreement",
+    "Fraction of shadowed live instances whose top-1 class is the same in fp32 as at the served precision, "
+    "over the rolling window (the worst live worker); absent until the window holds min_instances; "
+    "1 for fp32 models, which have no shadow.",
+    ["model"],
+    multiprocess_mode="livemin",
+)
+SHADOW_MAX_ABS_DIFF = Gauge(
+    "hookserve_shadow_max_abs_diff",
+    "Largest |fp32 - served| of a monitored module's output (module=<output>: the probabilities) over the "
+    "shadow's rolling window (the worst live worker).",
+    ["model", "module"],
+    multiprocess_mode="livemax",
+)
 MONITOR_OVERHEAD = Counter(
     "hookserve_monitor_overhead_seconds_total",
     "Time spent inside monitoring hooks and their publication, in seconds.",

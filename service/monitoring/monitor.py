@@ -1,10 +1,12 @@
 """The in-process model monitor the inference worker wraps around each batched forward.
 
     monitor = ModelMonitor(model, "digits-cnn", MonitorConfig(), device)
-    monitor.attach()                       # once, after model.eval() and .to(device)
+    handle = monitor.attach()              # once, after model.eval() and .to(device)
     with monitor.observe_batch():          # per batch, around the single model(x)
         out = model(x)
-    monitor.detach()                       # at shutdown: the model is exactly as before
+    if monitor.shadow_due:                 # bf16/fp16 only, now and then: the fp32 shadow
+        monitor.run_shadow(x, out)         # (the worker runs it once the batch's replies are sent)
+    handle.remove()                        # at shutdown (or monitor.detach()): the model is as before
 
 Batches come in three kinds, chosen by :class:`SamplingController` so that the mean cost of monitoring
 stays within ``overhead_budget`` of the forward time:
@@ -20,65 +22,75 @@ Prometheus is touched only after the forward: per armed batch for latencies, per
 gauges (at most every ``publish_interval_s``), per ``publish_interval_s`` for counters that move every
 batch.
 Not thread-safe: one monitor per model per worker, used by the thread that runs the model.
+
+Cost metering lives in ``metering.py`` (:class:`CostMeter`), Prometheus publication in
+``publishing.py`` (:class:`Publisher`); this module runs the per-batch protocol.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
-import statistics
 import time
+import weakref
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 
 import torch
-from prometheus_client import Gauge
 from torch import nn
 
-from service.monitoring import metrics
 from service.monitoring.config import MonitorConfig
 from service.monitoring.drift import DriftTracker, Reference, default_reference_path, weights_fingerprint
 from service.monitoring.hooks import BatchFlags, HookSet, ModuleProbe, hook_dispatch_seconds
+from service.monitoring.metering import CostMeter, time_idle_path
+from service.monitoring.origin import Origin, locate_origins, origin_label
+from service.monitoring.publishing import Publisher, to_host
 from service.monitoring.sampling import SamplingController
 from service.monitoring.selection import select_modules
-from service.monitoring.stats import STAT_NAMES, summarize
+from service.monitoring.shadow import SHADOWED_PRECISIONS, PrecisionShadow
+from service.monitoring.stats import summarize
 
 logger = logging.getLogger(__name__)
 _perf_counter = time.perf_counter
 
 
-class _Publisher:
-    """The model's metric children, bound once: ``labels()`` costs ~1.5 us a call, a bound child ~0.3."""
+class MonitorHandle:
+    """What :meth:`ModelMonitor.attach` returns: ``remove()`` detaches, in the manner of
+    :class:`torch.utils.hooks.RemovableHandle` (also a context manager that removes on exit).
 
-    def __init__(self, model_name: str, modules: list[str]) -> None:
-        self.latency = [metrics.MODULE_FORWARD.labels(model_name, m) for m in modules]
-        self.nonfinite = [metrics.ACTIVATION_NONFINITE.labels(model_name, m) for m in modules]
-        gauges = (
-            metrics.ACTIVATION_MEAN,
-            metrics.ACTIVATION_STD,
-            metrics.ACTIVATION_MIN,
-            metrics.ACTIVATION_MAX,
-            metrics.ACTIVATION_ZERO_FRACTION,
-        )
-        assert len(gauges) == len(STAT_NAMES)
-        self.stats = [[gauge.labels(model_name, m) for gauge in gauges] for m in modules]
-        # Bound on first value: a PSI series reading 0 before the window is full would say "no drift".
-        self.psi: list[Gauge | None] = [None] * len(modules)
-        self._model_name, self._modules = model_name, modules
-        self.bypass = metrics.FORWARD_BYPASS.labels(model_name)
-        self.training_resets = metrics.TRAINING_MODE_RESETS.labels(model_name)
-        self.overhead = metrics.MONITOR_OVERHEAD.labels(model_name)
-        self.forward = metrics.MONITORED_FORWARD.labels(model_name)
-        self.guard_every = metrics.MONITOR_SAMPLE_INTERVAL.labels(model_name, "armed")
-        self.stats_every = metrics.MONITOR_SAMPLE_INTERVAL.labels(model_name, "stats")
+    Holds the monitor weakly and names one attachment: ``remove()`` on the handle of an attachment
+    that was already detached (and perhaps attached again since) does nothing, so a stale handle
+    never takes hooks off someone else's attachment.
+    """
 
-    def set_psi(self, index: int, value: float) -> None:
-        child = self.psi[index]
-        if child is None:
-            child = self.psi[index] = metrics.ACTIVATION_DRIFT_PSI.labels(
-                self._model_name, self._modules[index]
-            )
-        child.set(value)
+    _ids = itertools.count()
+
+    def __init__(self, monitor: ModelMonitor) -> None:
+        self.id = next(MonitorHandle._ids)
+        self._monitor_ref = weakref.ref(monitor)
+
+    @property
+    def monitor(self) -> ModelMonitor | None:
+        return self._monitor_ref()
+
+    @property
+    def attached(self) -> bool:
+        monitor = self._monitor_ref()
+        return monitor is not None and monitor.handle is self
+
+    def remove(self) -> None:
+        monitor = self._monitor_ref()
+        if monitor is not None and monitor.handle is self:
+            monitor.detach()
+
+    def __enter__(self) -> MonitorHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
 
 
 class ModelMonitor:
@@ -86,6 +98,7 @@ class ModelMonitor:
 
     ``reference`` overrides the drift reference file (``config.drift.reference``, else
     ``models/checkpoints/{model_name}.reference.safetensors``); without one, drift is off.
+    ``precision`` is the served precision: for bf16/fp16 the fp32 shadow runs (``config.shadow``).
     """
 
     def __init__(
@@ -96,6 +109,7 @@ class ModelMonitor:
         device: torch.device | str | None = None,
         *,
         reference: Reference | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.model = model
         self.model_name = model_name
@@ -110,16 +124,26 @@ class ModelMonitor:
             on_error=self._on_hook_error,
         )
         self._hooks = HookSet(self.probes, self._flags, self._on_bypass, cuda=self._cuda)
-        self.controller = SamplingController(
-            self.config.overhead_budget, self.config.guard_every, self.config.stats_every
-        )
+        budget = self.config.overhead_budget
+        shadow = self.config.shadow
+        self.shadow: PrecisionShadow | None = None
+        if self.config.enabled and shadow.enabled and precision in SHADOWED_PRECISIONS:
+            self.shadow = PrecisionShadow(
+                model, model_name, self.probes, shadow, budget * shadow.budget_share, self.device
+            )
+            budget *= 1.0 - shadow.budget_share  # the hooks' sampling plans within the rest
+        # True after a shadowed batch until run_shadow() (the caller's part: it holds the input).
+        self.shadow_due = False
+        self._shadow_batch = False
+        self.controller = SamplingController(budget, self.config.guard_every, self.config.stats_every)
         self._reference = reference
         self._drift: DriftTracker | None = None
-        self._publisher: _Publisher | None = None
+        self._publisher: Publisher | None = None
+        self.meter = CostMeter(self.controller, cuda=self._cuda)
         self._dispatch_s = 0.0
-        self._idle_cost_s = 0.0
         self._publish_interval_s = self.config.publish_interval_s
         self.attached = False
+        self.handle: MonitorHandle | None = None  # the current attachment's
         self.batches = 0
         self._in_batch = False
         # The plan for the next batch to begin (and, during a batch, for that batch).
@@ -134,10 +158,6 @@ class ModelMonitor:
         self._time_idle_at = -1
         self._timing_idle = False
         self._last_armed_kind = "armed"
-        self._idle_sample_pending = False
-        self._idle_events: tuple[torch.cuda.Event, ...] = ()  # created at attach (CUDA only)
-        self._pending_forward_s = 0.0
-        self._pending_overhead_s = 0.0
         self._pending_bypass = 0
         self._pending_resets = 0
         self._bypass_logged: set[str] = set()
@@ -156,33 +176,41 @@ class ModelMonitor:
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
-    def attach(self) -> ModelMonitor:
+    def attach(self) -> MonitorHandle:
         """Start monitoring: eval mode enforced, drift reference loaded, hooks armed for the first
-        batches (then per the sampling plan). Idempotent; a no-op when ``config.enabled`` is false."""
-        if self.attached or not self.config.enabled:
-            return self
+        batches (then per the sampling plan). Returns the attachment's handle: ``handle.remove()`` is
+        :meth:`detach`. Idempotent (a second call returns the same handle); when ``config.enabled`` is
+        false nothing is attached and the handle's ``remove()`` does nothing."""
+        if self.handle is not None:
+            return self.handle
+        self.handle = MonitorHandle(self)
+        if not self.config.enabled:
+            return self.handle
         self._dispatch_s = hook_dispatch_seconds()
-        self._publisher = self._publisher or _Publisher(self.model_name, self.module_names)
+        self._publisher = self._publisher or Publisher(self.model_name, self.module_names)
         if self._drift is None:  # a re-attach keeps the window it had
             with torch.inference_mode():
                 self._drift = self._load_drift()
-        if self._cuda and not self._idle_events:
-            self._idle_events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        self.meter.make_idle_events()
         self._enforce_eval()
         self.attached = True
-        self._idle_cost_s = self._time_idle_path()
+        self.meter.idle_cost_s = self._time_idle_path()
         self._plan_next()
         self._publish_at = _perf_counter() + self._publish_interval_s
-        return self
+        return self.handle
 
     def detach(self) -> None:
         """Remove every hook and forward guard and publish what is pending; the model is left as found."""
         if self._in_batch:
             self.end_batch(failed=True)
         self._hooks.remove()
+        if self.shadow is not None:
+            self.shadow.remove()
+            self.shadow_due = self._shadow_batch = False
         if self.attached:
             self.publish()
         self.attached = False
+        self.handle = None
 
     # --- per batch ---------------------------------------------------------------------------------
     # An idle batch must cost well under a microsecond (3 % of a 46 us forward is 1.4 us): its path is
@@ -241,9 +269,12 @@ class ModelMonitor:
             for probe in self.probes:
                 probe.reset()
             self._hooks.arm()
+            if self.shadow_due:  # the last shadowed batch was never run in fp32: drop its copies
+                self.shadow_due = False
+                self.shadow.discard()
         elif self.batches == self._time_idle_at:
             if self._cuda:
-                self._idle_events[0].record()
+                self.meter.idle_events[0].record()
             self._timing_idle = True
         self._in_batch = True
         self._started = _perf_counter()
@@ -266,8 +297,8 @@ class ModelMonitor:
         if self._timing_idle:
             self._timing_idle = False
             if self._cuda:
-                self._idle_events[1].record()
-                self._idle_sample_pending = not failed
+                self.meter.idle_events[1].record()
+                self.meter.idle_sample_pending = not failed
             elif not failed:
                 self.controller.record_aftermath(forward_s, self._last_armed_kind)
         if not failed:
@@ -286,15 +317,20 @@ class ModelMonitor:
         stats = self._stats
         self._last_armed_kind = "stats" if stats else "armed"
         hooks_s = 0.0
+        if self._shadow_batch:
+            self._shadow_batch = False
+            self.shadow.disarm_capture()
+            if failed:
+                self.shadow.discard()
+            else:
+                self.shadow_due = True
+                forward_s -= self.shadow.capture_s  # the copies are the shadow's cost, not the forward's
         if failed:
             for probe in self.probes:
                 probe.entered = False
         else:
             hooks_s = self._collect(t_end)
-            if self._idle_sample_pending:  # complete: this batch's synchronize waited for it
-                start, end = self._idle_events
-                self.controller.record_idle_sample(start.elapsed_time(end) / 1000.0)
-                self._idle_sample_pending = False
+            self.meter.read_idle_sample()  # complete: this batch's synchronize waited for it
         self._flags.stats = False
         if not failed:
             self._flush_idle()
@@ -304,24 +340,15 @@ class ModelMonitor:
             cost_s = self.controller.record_armed(forward_s, hooks_s, outside_s, stats=stats)
         planned = _perf_counter()
         self._plan_next()  # after record_armed: it may have changed the intervals
-        self._pending_forward_s += forward_s
-        self._pending_overhead_s += cost_s + (_perf_counter() - planned)
+        self.meter.add(forward_s, cost_s + (_perf_counter() - planned))
         if t_end >= self._publish_at:
             self.publish()
 
     def _flush_idle(self) -> None:
-        """Hand the idle batches since the last flush to the controller and the pending counters."""
-        batches = self._idle_batches
-        if not batches:
-            return
-        if self._cuda:  # not synchronized: their wall time is launch time, not forward time
-            timed, forward_s = None, batches * (self.controller.forward_s or 0.0)
-        else:
-            timed = forward_s = self._idle_forward_s
-        self.controller.record_idle(batches, timed, self._idle_cost_s)
-        self._pending_forward_s += forward_s
-        self._pending_overhead_s += batches * self._idle_cost_s
-        self._idle_batches, self._idle_forward_s = 0, 0.0
+        """Hand the idle batches since the last flush to the meter (and through it the controller)."""
+        if self._idle_batches:
+            self.meter.flush_idle(self._idle_batches, self._idle_forward_s)
+            self._idle_batches, self._idle_forward_s = 0, 0.0
 
     def _plan_next(self) -> None:
         """Arm or disarm for the next batch, and remember when the next armed batch comes."""
@@ -338,30 +365,29 @@ class ModelMonitor:
             self._hooks.arm()
         else:
             self._hooks.disarm()
+        if self.shadow is not None:
+            self._plan_shadow()
+
+    def _plan_shadow(self) -> None:
+        """Capture the next batch's module outputs for the shadow if it is armed and a shadow is due
+        (one at a time: not while the last one waits for :meth:`run_shadow`)."""
+        shadow = self.shadow
+        self._shadow_batch = (
+            self._armed and not self.shadow_due and shadow.due(self.batches, self.controller.forward_s)
+        )
+        if self._shadow_batch:
+            shadow.arm_capture()
+        else:
+            shadow.disarm_capture()
 
     def _time_idle_path(self) -> float:
-        """The cost of one idle batch's bookkeeping, timed on this monitor at attach: too small to time
-        per batch without doubling it, too large to leave out of a 46 us forward's budget. Timed around
-        a small stand-in forward, interleaved with the same forward alone: in a hot empty loop the
-        bookkeeping costs half of what it costs between real forwards (measured: 0.47 vs ~0.9 us).
-        Medians of a few rounds; the monitor's state is put back afterwards."""
+        """Price one idle batch (see :func:`~service.monitoring.metering.time_idle_path`), planned idle for
+        the duration; the monitor's state is put back afterwards."""
         saved = (self.batches, self._idle_batches, self._idle_forward_s, self._publish_at, self._next_armed)
         self._armed, self._publish_at, self._next_armed, self._time_idle_at = False, math.inf, -1, -1
-        stand_in, x = nn.Linear(64, 64), torch.zeros(8, 64)
-        rounds: dict[bool, list[float]] = {False: [], True: []}
-        with torch.inference_mode():
-            for _ in range(11):
-                for monitored in (False, True):
-                    start = _perf_counter()
-                    for _ in range(200):
-                        if monitored:
-                            with self:
-                                stand_in(x)
-                        else:
-                            stand_in(x)
-                    rounds[monitored].append((_perf_counter() - start) / 200)
+        cost = time_idle_path(self)
         self.batches, self._idle_batches, self._idle_forward_s, self._publish_at, self._next_armed = saved
-        return max(statistics.median(rounds[True]) - statistics.median(rounds[False]), 0.0)
+        return cost
 
     def publish(self) -> None:
         """Push counters that move every batch, re-check training mode, export the sampling intervals.
@@ -372,17 +398,67 @@ class ModelMonitor:
         self._flush_idle()
         pub = self._publisher
         assert pub is not None, "publish before attach"
-        pub.forward.inc(self._pending_forward_s)
-        pub.overhead.inc(self._pending_overhead_s)
-        if self._pending_bypass:
-            pub.bypass.inc(self._pending_bypass)
-        if self._pending_resets:
-            pub.training_resets.inc(self._pending_resets)
-        pub.guard_every.set(self.controller.guard_every)
-        pub.stats_every.set(self.controller.stats_every)
-        self._pending_forward_s = self._pending_overhead_s = 0.0
+        forward_s, overhead_s = self.meter.take()
+        controller = self.controller
+        pub.push_counters(
+            forward_s, overhead_s, self._pending_bypass, self._pending_resets,
+            controller.guard_every, controller.stats_every,
+        )  # fmt: skip
         self._pending_bypass = self._pending_resets = 0
-        self._pending_overhead_s += _perf_counter() - started
+        self.meter.overhead_s += _perf_counter() - started
+
+    # --- the precision shadow ---------------------------------------------------------------------
+
+    def run_shadow(self, x: torch.Tensor, served: torch.Tensor) -> None:
+        """After a batch that left ``shadow_due`` set: run its input ``x`` again in fp32 and compare with
+        the served run (``served``: its output). Call it between batches, outside autocast, e.g. once
+        the batch's replies are sent; its cost counts as monitoring overhead. A no-op otherwise."""
+        if not self.shadow_due:
+            return
+        self.shadow_due = False
+        armed = self._hooks.armed
+        self._hooks.disarm()  # the fp32 pass is not a served batch: no latencies, counts or stats
+        try:
+            cost = self.shadow.run(x, served, self.batches - 1, self.controller.forward_s)
+        finally:
+            if armed:
+                self._hooks.arm()
+        self.meter.add(0.0, cost)
+        self._plan_shadow()  # the next batch may be shadowed now
+
+    # --- rare events --------------------------------------------------------------------------------
+
+    def locate_nonfinite(
+        self, x: torch.Tensor, context: Callable[[], AbstractContextManager]
+    ) -> list[Origin | None]:
+        """Replay ``x`` (instances whose output went non-finite) once with every module hooked, inside
+        ``context()`` (the served precision); per instance, the origin as a monitored-module label (see
+        :mod:`service.monitoring.origin`), or ``None`` when the replay came out finite. Call between
+        batches. The monitor's own hooks sit the replay out; its cost counts as monitoring overhead."""
+        started = _perf_counter()
+        armed = self._hooks.armed
+        capturing = self.shadow is not None and self.shadow.capturing
+        self._hooks.disarm()
+        if capturing:
+            self.shadow.disarm_capture()
+        try:
+            found = locate_origins(self.model, x.to(self.device), context)
+        finally:
+            if armed:
+                self._hooks.arm()
+            if capturing:
+                self.shadow.arm_capture()
+        names = self.module_names
+        located = [origin and Origin(origin_label(origin.module, names), origin.step) for origin in found]
+        self.meter.add(0.0, _perf_counter() - started)
+        return located
+
+    def count_origin(self, module: str) -> None:
+        """Count one request whose non-finite output started at ``module``."""
+        pub = self._publisher
+        if pub is None:  # never attached (monitoring disabled): bind the children now
+            pub = self._publisher = Publisher(self.model_name, self.module_names)
+        pub.count_origin(module)
 
     # --- internals ---------------------------------------------------------------------------------
 
@@ -414,50 +490,13 @@ class ModelMonitor:
             counted = [probe for probe in probes for _ in probe.finite_counts]
             if counted:
                 on_device["finite"] = torch.stack([c for probe in probes for c in probe.finite_counts])
-        host = self._to_host(on_device)
-        self._publish_batch(host, described, counted)
-        return hooks_s
-
-    def _to_host(self, on_device: dict[str, torch.Tensor]) -> dict[str, list]:
-        """One device-to-host copy for everything (on CPU, ``tolist`` copies nothing across a bus)."""
-        if not self._cuda or len(on_device) <= 1:
-            return {key: tensor.tolist() for key, tensor in on_device.items()}
-        flat = torch.cat([tensor.double().reshape(-1) for tensor in on_device.values()]).tolist()
-        host: dict[str, list] = {}
-        offset = 0
-        for key, tensor in on_device.items():
-            values = flat[offset : offset + tensor.numel()]
-            offset += tensor.numel()
-            width = tensor.shape[1] if tensor.dim() == 2 else 0
-            host[key] = [values[i : i + width] for i in range(0, len(values), width)] if width else values
-        return host
-
-    def _publish_batch(self, host: dict[str, list], described: list[ModuleProbe], counted: list[ModuleProbe]):
         pub = self._publisher
         assert pub is not None, "publish before attach"
-        for probe, finite in zip(counted, host.get("finite", ()), strict=True):
-            probe.unverified -= int(finite)
-        for probe in counted:
-            probe.nonfinite += probe.unverified  # elements checked minus finite ones
-            probe.unverified = 0
-        for probe in self.probes:
-            if probe.calls and self._flags.latency:
-                seconds = self._cuda_elapsed(probe) if self._cuda else probe.elapsed_s
-                pub.latency[probe.index].observe(seconds)
-            if probe.nonfinite:
-                pub.nonfinite[probe.index].inc(probe.nonfinite)
-                probe.nonfinite = 0
-        for probe, row in zip(described, host.get("stats", ()), strict=True):
-            for child, value in zip(pub.stats[probe.index], row, strict=True):
-                child.set(value)
-        if "psi" in host and self._drift is not None:
-            for position, value in zip(self._drift.positions, host["psi"], strict=True):
-                if not math.isnan(value):
-                    pub.set_psi(position, value)
-
-    @staticmethod
-    def _cuda_elapsed(probe: ModuleProbe) -> float:
-        return sum(start.elapsed_time(end) for start, end in probe.events[: probe.calls]) / 1000.0
+        pub.publish_batch(
+            probes, to_host(on_device, self._cuda), described, counted, self._drift,
+            latency=self._flags.latency, cuda=self._cuda,
+        )  # fmt: skip
+        return hooks_s
 
     def _on_bypass(self, probe: ModuleProbe) -> None:
         self._pending_bypass += 1

@@ -8,7 +8,10 @@ the worker's own :class:`~service.worker.inbox.Inbox` rather than LitServe's que
   request runs at once; under load batches fill up while the previous batch runs;
 * answers requests whose deadline passed in the queue with 504 without running them;
 * when a batched forward pass raises, re-runs each request on its own so only the culprit fails;
-* sends each API server one frame with all of its replies per batch.
+* when some requests' outputs are non-finite, has the LitAPI explain them (``explain_nonfinite``:
+  the model worker replays them to find the module where it started) and fails only those, with 500;
+* sends each API server one frame with all of its replies per batch, then lets the LitAPI do work
+  that may wait (``after_replies``: the model worker's fp32 precision shadow).
 
 It calls the LitAPI's ``decode_request``, ``batch``, ``predict``, ``unbatch`` and ``encode_response``
 in that order.
@@ -25,6 +28,7 @@ from typing import Any
 from service.litserve_compat import LitLoop
 from service.messages import Reply, Request
 from service.monitoring.metrics import BATCH_SIZE, QUEUE_WAIT, WORKERS_READY
+from service.monitoring.origin import NonFiniteOutput
 from service.worker.inbox import Connection, Inbox
 from service.worker_states import WorkerState
 
@@ -101,12 +105,30 @@ class InstanceBatchingLoop(LitLoop):
             for item in live:
                 self.process(lit_api, [item], replies)
             return
+        nonfinite: list[tuple[Connection, Request, Any]] = []
         for (connection, request), output in zip(live, outputs, strict=True):
             try:  # encoding is per request: an answer that cannot be sent (NaN output) fails alone
                 replies[connection].append((request[0], 200, lit_api.encode_response(output, request[4])))
+            except NonFiniteOutput as exc:
+                nonfinite.append((connection, request, exc.rows))
             except Exception:
                 logger.exception("model %s: cannot answer request %s", model_name, request[5])
                 replies[connection].append((request[0], 500, INTERNAL_ERROR))
+        if nonfinite:
+            self._fail_nonfinite(lit_api, nonfinite, replies)
+
+    @staticmethod
+    def _fail_nonfinite(
+        lit_api: Any, failed: list[tuple[Connection, Request, Any]], replies: dict[Connection, list[Reply]]
+    ) -> None:
+        """Answer requests with non-finite outputs with 500, once the LitAPI has looked for the origin."""
+        try:
+            bodies = lit_api.explain_nonfinite([(request, rows) for _, request, rows in failed])
+        except Exception:
+            logger.exception("model %s: locating the origin of non-finite outputs failed", lit_api.model_name)
+            bodies = [INTERNAL_ERROR] * len(failed)
+        for (connection, request, _), body in zip(failed, bodies, strict=True):
+            replies[connection].append((request[0], 500, body))
 
     def __call__(
         self,
@@ -126,6 +148,8 @@ class InstanceBatchingLoop(LitLoop):
         states.set(model_name, worker_id, WorkerState.READY, os.getpid())
         WORKERS_READY.labels(model_name).set(1)
         logger.info("%s worker %d accepting requests", model_name, worker_id)
+        # Work that may wait until a batch's replies are sent (the model worker's precision shadow).
+        after_replies = getattr(lit_api, "after_replies", None)
         try:
             while True:
                 batch = collect(inbox, lit_api.max_batch_size, lit_api.batch_timeout)
@@ -135,5 +159,7 @@ class InstanceBatchingLoop(LitLoop):
                 self.process(lit_api, batch, replies)
                 for connection, answers in replies.items():
                     inbox.send(connection, answers)
+                if after_replies is not None:
+                    after_replies()
         finally:
             inbox.close()

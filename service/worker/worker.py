@@ -21,9 +21,20 @@ from models.base import OutputSpec, ServableModel
 from service.config import ModelServeConfig
 from service.litserve_compat import LitAPI, RoutelessSpec, worker_id
 from service.logs import configure_logging
-from service.messages import PREDICTIONS_JSON, PROBABILITIES_F32
+from service.messages import PREDICTIONS_JSON, PROBABILITIES_F32, Request
 from service.model_loading import load_served_model
-from service.monitoring.metrics import MODEL_FORWARD, MODEL_INFO, OUTPUT_NONFINITE, PRECISION_AGREEMENT
+from service.monitoring.metrics import (
+    MODEL_FORWARD,
+    MODEL_INFO,
+    OUTPUT_NONFINITE,
+    PRECISION_AGREEMENT,
+    PRECISION_MIN_AGREEMENT,
+    SHADOW_BATCHES,
+    SHADOW_MAX_ABS_DIFF,
+    SHADOW_TOP1_AGREEMENT,
+)
+from service.monitoring.origin import NonFiniteOutput, Origin
+from service.monitoring.shadow import OUTPUT
 from service.orphans import die_with_parent
 from service.worker.batching import InstanceBatchingLoop
 from service.worker.runtime import (
@@ -42,6 +53,8 @@ from service.worker_states import WorkerState, WorkerStates, write_report
 logger = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, list[int]]
+# No "NaN" in the body: the cause is in the worker's log line, under the request id the body carries.
+NONFINITE_ERROR = b"internal error while running the model: its output was not finite"
 
 
 def encode_predictions(probabilities: np.ndarray, output_spec: OutputSpec) -> bytes:
@@ -75,6 +88,8 @@ class ModelWorker(LitAPI):
         self.model: ServableModel | None = None
         self.monitor: Any = None
         self.states = states
+        self._shadow_input: tuple[torch.Tensor, torch.Tensor] | None = None  # (x, output) to shadow
+        self._shadow_failed = False
 
     # --- start-up (in the worker) -----------------------------------------------------------------
     def setup(self, device: str) -> None:
@@ -112,6 +127,13 @@ class ModelWorker(LitAPI):
         self.monitor = self._attach_monitor()
         warm_seconds = warm_up(self.model, self.torch_device, cfg.precision, cfg.max_batch_size)
         PRECISION_AGREEMENT.labels(cfg.name).set(report.top1_agreement if report else 1.0)
+        # The live shadow's alert compares its agreement with this threshold. An fp32 model has no
+        # shadow (it is fp32 already): like the start-up agreement, its shadow reads 1 and 0 difference.
+        PRECISION_MIN_AGREEMENT.labels(cfg.name).set(cfg.min_precision_agreement)
+        if cfg.precision == "fp32" and self.monitor is not None:
+            SHADOW_BATCHES.labels(cfg.name)
+            SHADOW_TOP1_AGREEMENT.labels(cfg.name).set(1.0)
+            SHADOW_MAX_ABS_DIFF.labels(cfg.name, OUTPUT).set(0.0)
         MODEL_INFO.labels(cfg.name, cfg.version, str(self.torch_device), cfg.precision).set(1)
         OUTPUT_NONFINITE.labels(cfg.name)  # exported at 0 from the start, so increase() sees the first one
         write_report(
@@ -137,7 +159,13 @@ class ModelWorker(LitAPI):
             return None
         from service.monitoring.monitor import ModelMonitor
 
-        monitor = ModelMonitor(self.model, self.model_name, self.config.monitoring, self.torch_device)
+        monitor = ModelMonitor(
+            self.model,
+            self.model_name,
+            self.config.monitoring,
+            self.torch_device,
+            precision=self.config.precision,
+        )
         monitor.attach()
         return monitor
 
@@ -166,7 +194,23 @@ class ModelWorker(LitAPI):
         result = probabilities.float().cpu().numpy()  # the copy to host synchronizes the device
         synchronize(self.torch_device)
         MODEL_FORWARD.labels(self.model_name).observe(time.perf_counter() - start)
+        if self.monitor is not None and self.monitor.shadow_due:
+            self._shadow_input = (x, probabilities)  # run in fp32 once the replies are sent
         return result, sizes
+
+    def after_replies(self) -> None:
+        """Called by the batching loop once a batch's replies are sent: the fp32 precision shadow, when
+        this batch was picked for it, runs here, off the requests' latency."""
+        pending = self._shadow_input
+        if pending is None:
+            return
+        self._shadow_input = None
+        try:
+            self.monitor.run_shadow(*pending)
+        except Exception:  # a monitoring fault must not take the worker down
+            if not self._shadow_failed:
+                self._shadow_failed = True
+                logger.exception("model %s: the fp32 precision shadow failed", self.model_name)
 
     def unbatch(self, output: tuple[np.ndarray, list[int]]) -> list[np.ndarray]:
         probabilities, sizes = output
@@ -175,11 +219,41 @@ class ModelWorker(LitAPI):
     def encode_response(self, output: np.ndarray, answer_format: int = PREDICTIONS_JSON) -> bytes:
         bad = ~np.isfinite(output).all(axis=1)
         if bad.any():
-            # NaN is not JSON; the forward hooks localize the first module with non-finite values.
-            OUTPUT_NONFINITE.labels(self.model_name).inc(int(bad.sum()))
-            raise ValueError(f"{int(bad.sum())} of {len(output)} instance(s) got non-finite probabilities")
+            # NaN is not JSON; the batching loop fails the request through explain_nonfinite.
+            raise NonFiniteOutput(bad)
         if answer_format == PROBABILITIES_F32:
             return output.tobytes()
         # JSON is built here, in the worker, so the API server only frames it: one bytes object
         # crosses the process boundary instead of a tree of Python floats.
         return encode_predictions(output, self.model.output_spec)
+
+    def explain_nonfinite(self, failed: list[tuple[Request, np.ndarray]]) -> list[bytes]:
+        """The error bodies of requests whose outputs went non-finite (``rows``: which instances), after
+        one replay of just those instances with every module hooked finds where each started. Counts
+        the instances (``hookserve_output_nonfinite_total``) and each request once at its origin module
+        (``hookserve_nonfinite_origin_total``), and logs one line per request."""
+        OUTPUT_NONFINITE.labels(self.model_name).inc(sum(int(rows.sum()) for _, rows in failed))
+        origins: list[Origin | None] = []
+        if self.monitor is not None:
+            x = torch.from_numpy(np.concatenate([request[3][rows] for request, rows in failed]))
+            origins = self.monitor.locate_nonfinite(
+                x, lambda: serving_mode(self.model, self.torch_device, self.config.precision)
+            )
+        offset = 0
+        for request, rows in failed:
+            count = int(rows.sum())
+            found = [origin for origin in origins[offset : offset + count] if origin is not None]
+            offset += count
+            origin = min(found, key=lambda o: o.step) if found else None
+            if origin is not None:
+                self.monitor.count_origin(origin.module)
+                where = f"origin module {origin.module!r} (first non-finite output, replayed alone)"
+            elif self.monitor is None:
+                where = "origin not located (monitoring is off for this model)"
+            else:
+                where = "origin not located (the replay of these instances alone came out finite)"
+            logger.error(
+                "model %s: request %s got non-finite probabilities in %d of %d instance(s); %s",
+                self.model_name, request[5], count, len(rows), where,
+            )  # fmt: skip
+        return [NONFINITE_ERROR] * len(failed)
