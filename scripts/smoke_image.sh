@@ -69,8 +69,12 @@ body='{"instances": [[[0,0,5,13,9,1,0,0],[0,0,13,15,10,15,5,0],[0,3,15,2,0,11,8,
 answer=$(curl -fsS -X POST "$BASE/v1/models/digits-cnn:predict" -H 'Content-Type: application/json' -d "$body")
 check "README prediction is label 0: $(echo "$answer" | cut -c1-90)" \
   python3 -c "import json,sys; assert json.loads(sys.argv[1])['predictions'][0]['label'] == '0'" "$answer"
-check "/metrics counts the prediction" \
-  sh -c "curl -fsS '$BASE/metrics' | grep -q '^hookserve_requests_total{.*digits-cnn.*code=\"200\".*} 1.0'"
+metrics=$(curl -fsS "$BASE/metrics")
+check "/metrics counts the prediction" python3 -c "
+import sys
+lines = [l for l in sys.argv[1].splitlines() if l.startswith('hookserve_requests_total{')
+         and 'model=\"digits-cnn\"' in l and 'code=\"200\"' in l]
+assert lines and sum(float(l.rsplit(' ', 1)[1]) for l in lines) == 1.0, lines" "$metrics"
 check "runs as uid 10001" test "$("${ENGINE[@]}" exec "$NAME" id -u)" = 10001
 check "PID 1 is tini" sh -c "${ENGINE[*]} exec $NAME cat /proc/1/cmdline | tr '\\0' ' ' | grep -q '^/usr/bin/tini -- hookserve'"
 check "root filesystem is read-only" sh -c "! ${ENGINE[*]} exec $NAME touch /app/x 2>/dev/null"
@@ -80,8 +84,16 @@ else
   check "docker health status turns healthy" sh -c "for i in \$(seq 1 30); do \
     [ \"\$(docker inspect --format '{{.State.Health.Status}}' $NAME)\" = healthy ] && exit 0; sleep 1; done; exit 1"
 fi
-rss=$(ps -eo rss,args | awk '/hookserve serve|multiprocessing|spawn_main/ && !/awk/ {s+=$1} END {print int(s/1024)}')
-say "info  resident memory of hookserve processes on this host: ~${rss} MB (all containers and runs)"
+rss=$("${ENGINE[@]}" exec "$NAME" python -c "
+import glob
+kb = 0
+for path in glob.glob('/proc/[0-9]*/status'):
+    try:
+        kb += int(next(l for l in open(path) if l.startswith('VmRSS')).split()[1])
+    except (OSError, StopIteration):
+        pass
+print(kb // 1024)")
+say "info  resident memory of the container's processes (sum of RSS, shared pages counted per process): ${rss} MB"
 
 stop_started=$(date +%s.%N)
 "${ENGINE[@]}" kill --signal TERM "$NAME" >/dev/null
