@@ -75,7 +75,12 @@ def build_server(config: HookserveConfig) -> Server:
         on_serving=lambda: _start_supervising(litserver, supervisor, workers),
     )
     litserver.serve_first(lambda fastapi_app: FrontRouter(fastapi_app, plan))
-    supervisor = Supervisor(states, config.server.worker_restarts, relaunch=litserver.relaunch_worker)
+    supervisor = Supervisor(
+        states,
+        config.server.worker_restarts,
+        relaunch=litserver.relaunch_worker,
+        draining=lambda: plan.drain.draining,
+    )
     add_routes(litserver.app, ServedModels(config, descriptions, states), config, gates)
     document_predict_routes(litserver.app, routes)
     install_error_handlers(litserver.app)

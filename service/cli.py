@@ -45,6 +45,7 @@ def _run_server(args: argparse.Namespace) -> int:
     configure_logging(server_cfg.log_level)
     host = args.host or server_cfg.host
     port = args.port or server_cfg.port
+    server = None
     try:
         from service.app import build_server
         from service.lifecycle import GracefulShutdown
@@ -73,7 +74,13 @@ def _run_server(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         logger.error("hookserve stopped by a signal during start-up")
         return 1
-    except Exception as exc:  # start-up failures: say what; the caller leaves no child behind
+    except Exception as exc:
+        if server is not None and server.plan.drain.draining:
+            # A stop was asked for and something it stops went first (e.g. every process of the group got
+            # SIGTERM, LitServe's queue manager too): that is still the stop that was asked for.
+            logger.info("hookserve stopped (%s during shutdown)", type(exc).__name__)
+            return 0
+        # Start-up failures: say what; the caller leaves no child behind.
         logger.error("hookserve stopped: %s", exc, exc_info=server_cfg.log_level == "debug")
         return 1
 

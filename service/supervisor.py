@@ -50,8 +50,10 @@ class Supervisor:
         policy: RestartPolicy,
         relaunch: Callable[[Any, int, Any], Any],
         clock: Callable[[], float] = time.monotonic,
+        draining: Callable[[], bool] = lambda: False,
     ) -> None:
         self.states = states
+        self.draining = draining
         self.policy = policy
         self.relaunch = relaunch
         self.clock = clock
@@ -96,6 +98,11 @@ class Supervisor:
         now = self.clock()
         while slot.restarts and now - slot.restarts[0] > self.policy.window_s:
             slot.restarts.popleft()
+        if self.draining():  # the server is stopping: a replacement would only be stopped again
+            self.states.set(slot.model, slot.worker, WorkerState.DOWN)
+            slot.process = None
+            logger.info("%s worker %d exited (code %s) during shutdown", slot.model, slot.worker, exitcode)
+            return
         if len(slot.restarts) >= self.policy.max_restarts:
             self.states.set(slot.model, slot.worker, WorkerState.FAILED)
             slot.process = None
