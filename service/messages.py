@@ -7,25 +7,42 @@ on each side instead of one per request.
 A frame is a 4-byte little-endian length followed by a pickled list. Pickle is safe here: both ends
 are processes of the same server, talking over a Unix socket in a private runtime folder.
 
-- A request is ``(uid, deadline, enqueued_at, instances, answer_format, request_id)``: ``instances`` a
-  validated float32 array shaped ``[n, *input_shape]``; ``deadline`` and ``enqueued_at`` are on
-  ``time.monotonic()``, one clock for every process of the machine; ``answer_format`` says what a 200
-  carries (:data:`PREDICTIONS_JSON` or :data:`PROBABILITIES_F32`); ``request_id`` names the request in
-  the worker's log lines.
-- A reply is ``(uid, status, body)``: ``status`` an HTTP status code; ``body`` the answer in the
-  requested format for 200, else the error message (UTF-8).
+The records are named tuples (:class:`InferRequest`, :class:`InferReply`): named for the reader,
+tuples on the wire (pickle writes the class once per frame, then the fields).
 """
 
 from __future__ import annotations
 
 import pickle
 import struct
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-Request = tuple[int, float, float, np.ndarray, int, str]
-Reply = tuple[int, int, bytes]
+
+class InferRequest(NamedTuple):
+    """One request, API server to worker."""
+
+    uid: int  # unique within the sending API server's link; the reply carries it back
+    deadline: float  # time.monotonic(): one clock for every process of the machine
+    enqueued_at: float  # time.monotonic() when the request arrived at the API server
+    instances: np.ndarray  # validated float32, shaped [n, *input_shape]
+    answer_format: int  # what a 200 carries: PREDICTIONS_JSON or PROBABILITIES_F32
+    request_id: str  # names the request in the worker's log lines
+
+    @property
+    def size(self) -> int:
+        """Instances in the request: what batching counts."""
+        return int(self.instances.shape[0])
+
+
+class InferReply(NamedTuple):
+    """One answer, worker to API server."""
+
+    uid: int
+    status: int  # an HTTP status code
+    body: bytes  # the answer in the requested format for 200, else the error message (UTF-8)
+
 
 PREDICTIONS_JSON = 0  # the V1 predictions array, ready to frame into the response
 PROBABILITIES_F32 = 1  # the raw float32 probability matrix, row-major (the V2 route formats it)

@@ -27,6 +27,7 @@ from service.http.admission import AdmissionGate, DrainSwitch
 from service.http.asgi import Headers, header, read_body, send_response
 from service.http.codec import ClientError
 from service.http.worker_client import ModelWorkers, WorkerUnavailable
+from service.messages import InferRequest
 from service.monitoring.metrics import PROTOCOL_REQUESTS, REJECTED, REQUEST_DURATION, REQUESTS
 
 logger = logging.getLogger(__name__)
@@ -184,7 +185,9 @@ class InferenceRoute:
         timeout = self.settings.request_timeout_s
         now = time.monotonic()
         link = await self.workers.pick()
-        request = (next(_uids), now + timeout, now, decoded.instances, decoded.answer_format, request_id)
+        request = InferRequest(
+            next(_uids), now + timeout, now, decoded.instances, decoded.answer_format, request_id
+        )
         future = link.submit(request)
         timer = asyncio.get_running_loop().call_later(timeout, _expire, future, timeout)
         try:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
-from service.messages import FrameDecoder, Reply, Request, encode_frame
+from service.messages import FrameDecoder, InferReply, InferRequest, encode_frame
 from service.worker_states import WorkerState, WorkerStates
 
 logger = logging.getLogger(__name__)
@@ -33,14 +33,14 @@ class WorkerLink(asyncio.Protocol):
         self.closed = False
         self._transport: asyncio.Transport | None = None
         self._decoder = FrameDecoder()
-        self._outbox: list[Request] = []
+        self._outbox: list[InferRequest] = []
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        replies: list[Reply] = self._decoder.feed(data)
+        replies: list[InferReply] = self._decoder.feed(data)
         pending = self.pending
         for uid, status, body in replies:
             future = pending.pop(uid, None)
@@ -58,10 +58,10 @@ class WorkerLink(asyncio.Protocol):
         self.pending.clear()
 
     # requests
-    def submit(self, request: Request) -> asyncio.Future[tuple[int, bytes]]:
+    def submit(self, request: InferRequest) -> asyncio.Future[tuple[int, bytes]]:
         """Queue ``request`` for this turn's frame; the future gets ``(status, body)``."""
         future = asyncio.get_running_loop().create_future()
-        self.pending[request[0]] = future
+        self.pending[request.uid] = future
         if not self._outbox:
             asyncio.get_running_loop().call_soon(self._flush)
         self._outbox.append(request)

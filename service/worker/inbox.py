@@ -15,7 +15,7 @@ import socket
 from collections import deque
 from pathlib import Path
 
-from service.messages import FrameDecoder, Reply, Request, encode_frame
+from service.messages import FrameDecoder, InferReply, InferRequest, encode_frame
 
 logger = logging.getLogger(__name__)
 READ_CHUNK = 1 << 20
@@ -44,7 +44,7 @@ class Inbox:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._listener, selectors.EVENT_READ, None)
         self._accepted = 0
-        self.pending: deque[tuple[Connection, Request]] = deque()
+        self.pending: deque[tuple[Connection, InferRequest]] = deque()
 
     def poll(self, timeout: float | None) -> None:
         """Wait up to ``timeout`` seconds (``0``: not at all) for data, then queue every complete request."""
@@ -76,7 +76,7 @@ class Inbox:
             return
         self.pending.extend((connection, request) for request in requests)
 
-    def send(self, connection: Connection, replies: list[Reply]) -> None:
+    def send(self, connection: Connection, replies: list[InferReply]) -> None:
         """One frame with every reply for ``connection``; a closed connection drops them (nobody waits)."""
         try:
             connection.sock.sendall(encode_frame(replies))
