@@ -26,19 +26,19 @@ from collections import defaultdict
 from typing import Any
 
 from service.litserve_compat import LitLoop
-from service.messages import Reply, Request
+from service.messages import InferReply, InferRequest
 from service.monitoring.metrics import BATCH_SIZE, QUEUE_WAIT, WORKERS_READY
 from service.monitoring.origin import NonFiniteOutput
 from service.worker.inbox import Connection, Inbox
 from service.worker_states import WorkerState
 
 logger = logging.getLogger(__name__)
-Queued = tuple[Connection, Request]
+Queued = tuple[Connection, InferRequest]
 INTERNAL_ERROR = b"internal error while running the model"
 
 
 def _size(item: Queued) -> int:
-    return int(item[1][3].shape[0])
+    return item[1].size
 
 
 def collect(inbox: Inbox, max_instances: int, batch_timeout: float, idle_wait: float = 1.0) -> list[Queued]:
@@ -76,20 +76,21 @@ class InstanceBatchingLoop(LitLoop):
 
     def _run(self, lit_api: Any, requests: list[Queued]) -> list[Any]:
         """One output per request: the model's answers, unbatched (not yet encoded)."""
-        inputs = [lit_api.decode_request(request[3]) for _, request in requests]
+        inputs = [lit_api.decode_request(request.instances) for _, request in requests]
         return lit_api.unbatch(lit_api.predict(lit_api.batch(inputs)))
 
-    def process(self, lit_api: Any, batch: list[Queued], replies: dict[Connection, list[Reply]]) -> None:
+    def process(self, lit_api: Any, batch: list[Queued], replies: dict[Connection, list[InferReply]]) -> None:
         """Run one batch; add each request's reply to ``replies`` under its connection."""
         model_name = lit_api.model_name
         now = time.monotonic()
         live = []
         for connection, request in batch:
-            uid, deadline, enqueued_at = request[:3]
-            if deadline <= now:
-                replies[connection].append((uid, 504, b"request deadline passed while queued"))
+            if request.deadline <= now:
+                replies[connection].append(
+                    InferReply(request.uid, 504, b"request deadline passed while queued")
+                )
             else:
-                QUEUE_WAIT.labels(model_name).observe(now - enqueued_at)
+                QUEUE_WAIT.labels(model_name).observe(now - request.enqueued_at)
                 live.append((connection, request))
         if not live:
             return
@@ -98,28 +99,32 @@ class InstanceBatchingLoop(LitLoop):
             outputs = self._run(lit_api, live)
         except Exception:
             if len(live) == 1:
-                logger.exception("model %s failed on request %s", model_name, live[0][1][5])
-                replies[live[0][0]].append((live[0][1][0], 500, INTERNAL_ERROR))
+                logger.exception("model %s failed on request %s", model_name, live[0][1].request_id)
+                replies[live[0][0]].append(InferReply(live[0][1].uid, 500, INTERNAL_ERROR))
                 return
             logger.warning("batched forward of %d requests failed; retrying them one by one", len(live))
             for item in live:
                 self.process(lit_api, [item], replies)
             return
-        nonfinite: list[tuple[Connection, Request, Any]] = []
+        nonfinite: list[tuple[Connection, InferRequest, Any]] = []
         for (connection, request), output in zip(live, outputs, strict=True):
             try:  # encoding is per request: an answer that cannot be sent (NaN output) fails alone
-                replies[connection].append((request[0], 200, lit_api.encode_response(output, request[4])))
+                replies[connection].append(
+                    InferReply(request.uid, 200, lit_api.encode_response(output, request.answer_format))
+                )
             except NonFiniteOutput as exc:
                 nonfinite.append((connection, request, exc.rows))
             except Exception:
-                logger.exception("model %s: cannot answer request %s", model_name, request[5])
-                replies[connection].append((request[0], 500, INTERNAL_ERROR))
+                logger.exception("model %s: cannot answer request %s", model_name, request.request_id)
+                replies[connection].append(InferReply(request.uid, 500, INTERNAL_ERROR))
         if nonfinite:
             self._fail_nonfinite(lit_api, nonfinite, replies)
 
     @staticmethod
     def _fail_nonfinite(
-        lit_api: Any, failed: list[tuple[Connection, Request, Any]], replies: dict[Connection, list[Reply]]
+        lit_api: Any,
+        failed: list[tuple[Connection, InferRequest, Any]],
+        replies: dict[Connection, list[InferReply]],
     ) -> None:
         """Answer requests with non-finite outputs with 500, once the LitAPI has looked for the origin."""
         try:
@@ -128,7 +133,7 @@ class InstanceBatchingLoop(LitLoop):
             logger.exception("model %s: locating the origin of non-finite outputs failed", lit_api.model_name)
             bodies = [INTERNAL_ERROR] * len(failed)
         for (connection, request, _), body in zip(failed, bodies, strict=True):
-            replies[connection].append((request[0], 500, body))
+            replies[connection].append(InferReply(request.uid, 500, body))
 
     def __call__(
         self,
@@ -155,7 +160,7 @@ class InstanceBatchingLoop(LitLoop):
                 batch = collect(inbox, lit_api.max_batch_size, lit_api.batch_timeout)
                 if not batch:
                     continue
-                replies: dict[Connection, list[Reply]] = defaultdict(list)
+                replies: dict[Connection, list[InferReply]] = defaultdict(list)
                 self.process(lit_api, batch, replies)
                 for connection, answers in replies.items():
                     inbox.send(connection, answers)

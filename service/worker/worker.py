@@ -21,7 +21,7 @@ from models.base import OutputSpec, ServableModel
 from service.config import ModelServeConfig
 from service.litserve_compat import LitAPI, RoutelessSpec, worker_id
 from service.logs import configure_logging
-from service.messages import PREDICTIONS_JSON, PROBABILITIES_F32, Request
+from service.messages import PREDICTIONS_JSON, PROBABILITIES_F32, InferRequest
 from service.model_loading import load_served_model
 from service.monitoring.metrics import (
     MODEL_FORWARD,
@@ -227,7 +227,7 @@ class ModelWorker(LitAPI):
         # crosses the process boundary instead of a tree of Python floats.
         return encode_predictions(output, self.model.output_spec)
 
-    def explain_nonfinite(self, failed: list[tuple[Request, np.ndarray]]) -> list[bytes]:
+    def explain_nonfinite(self, failed: list[tuple[InferRequest, np.ndarray]]) -> list[bytes]:
         """The error bodies of requests whose outputs went non-finite (``rows``: which instances), after
         one replay of just those instances with every module hooked finds where each started. Counts
         the instances (``hookserve_output_nonfinite_total``) and each request once at its origin module
@@ -235,7 +235,7 @@ class ModelWorker(LitAPI):
         OUTPUT_NONFINITE.labels(self.model_name).inc(sum(int(rows.sum()) for _, rows in failed))
         origins: list[Origin | None] = []
         if self.monitor is not None:
-            x = torch.from_numpy(np.concatenate([request[3][rows] for request, rows in failed]))
+            x = torch.from_numpy(np.concatenate([request.instances[rows] for request, rows in failed]))
             origins = self.monitor.locate_nonfinite(
                 x, lambda: serving_mode(self.model, self.torch_device, self.config.precision)
             )
@@ -254,6 +254,6 @@ class ModelWorker(LitAPI):
                 where = "origin not located (the replay of these instances alone came out finite)"
             logger.error(
                 "model %s: request %s got non-finite probabilities in %d of %d instance(s); %s",
-                self.model_name, request[5], count, len(rows), where,
+                self.model_name, request.request_id, count, len(rows), where,
             )  # fmt: skip
         return [NONFINITE_ERROR] * len(failed)
