@@ -44,7 +44,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
             "service/http/worker_client.py",
         ),
     ),
-    ("response encoding (encode_predictions, json)", ("json/", "encode_response", "encode_predictions")),
+    ("response encoding (encode_predictions, json)", ("json/", "runner.py:encode", "encode_predictions")),
     ("request validation (pydantic/numpy)", ("pydantic", "schemas.py", "service/http/codec.py")),
     ("prometheus_client", ("prometheus_client/",)),
     ("HTTP parsing/framing (uvicorn, h11/httptools)", ("uvicorn/protocols", "h11/", "httptools")),

@@ -65,7 +65,7 @@ def build_server(config: HookserveConfig) -> Server:
 
     plan = ServingPlan(routes=routes, gates=gates, drain=DrainSwitch(), states=states)
     litserver = CompatLitServer(
-        workers,
+        [(worker, worker.config.route) for worker in workers],
         accelerator="cpu",  # each ModelWorker places itself on its configured device
         devices=1,
         workers_per_device={m.route: m.workers for m in config.models},
@@ -87,15 +87,17 @@ def build_server(config: HookserveConfig) -> Server:
     return Server(litserver, plan, supervisor)
 
 
-def _start_supervising(litserver: CompatLitServer, supervisor: Supervisor, apis: list[ModelWorker]) -> None:
+def _start_supervising(
+    litserver: CompatLitServer, supervisor: Supervisor, workers: list[ModelWorker]
+) -> None:
     """Map each worker process LitServe started to its model and worker id, then watch them all."""
     by_pid = {}
-    for api in apis:
-        for worker in supervisor.states.workers(api.model_name):
-            by_pid[supervisor.states.pid(api.model_name, worker)] = (api, worker)
+    for served in workers:
+        for worker in supervisor.states.workers(served.model_name):
+            by_pid[supervisor.states.pid(served.model_name, worker)] = (served, worker)
     for process in litserver.worker_processes():
-        api, worker = by_pid[process.pid]
-        supervisor.watch(api.model_name, worker, api, process)
+        served, worker = by_pid[process.pid]
+        supervisor.watch(served.model_name, worker, served, process)
     supervisor.start()
     logger.info("supervising %d inference worker(s)", len(by_pid))
 

@@ -21,6 +21,13 @@ a test in ``tests/test_litserve_compat.py`` that fails loudly if an upgrade move
    class is swapped for a subclass that hands each request to hookserve's router *before* FastAPI's
    own stack (telemetry, error and body-limit middleware, routing): the predict route costs only
    what it needs. Everything the router does not answer goes through FastAPI unchanged.
+8. LitServe's worker process calls ``lit_api.setup(device)`` and then the API's loop as
+   ``loop(lit_api, <its private queues and status objects>...)``. :class:`_WorkerLoop` takes only
+   ``lit_api`` (whatever else is passed), so hookserve's worker (:class:`ServedWorker`: ``setup`` and
+   ``serve``) is shaped by nothing of LitServe. LitServe's own queues are never read.
+
+The rest of hookserve sees a :class:`CompatLitServer` that takes :class:`ServedWorker` objects and knows
+nothing of ``LitAPI``, ``LitLoop`` or ``LitSpec``.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import litserve as ls
 from fastapi import FastAPI
@@ -42,14 +49,47 @@ from litserve.utils import WorkerSetupStatus
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["CompatLitServer", "LitAPI", "LitLoop", "RoutelessSpec", "worker_id"]
+__all__ = ["CompatLitServer", "ServedWorker"]
 logger = logging.getLogger(__name__)
 WORKER_ID_ENV = "LITSERVE_WORKER_ID"
 
 
-def worker_id() -> int:
+class ServedWorker(Protocol):
+    """What hookserve hands LitServe to run in each inference-worker process (pickled into it)."""
+
+    model_name: str
+
+    def setup(self, worker_id: int) -> None:
+        """Load and warm up; raising marks the worker failed."""
+
+    def serve(self) -> None:
+        """Serve requests until the process is stopped."""
+
+
+def _worker_id() -> int:
     """This inference worker's index among its model's workers (LitServe sets it before ``setup``)."""
     return int(os.environ.get(WORKER_ID_ENV, "0"))
+
+
+class _WorkerLoop(LitLoop):
+    """Touch point 8: LitServe's entry into the worker once setup is done; only ``lit_api`` is used."""
+
+    def __call__(self, lit_api: _LitWorker, *_litserve_internals: Any, **_more: Any) -> None:
+        lit_api.worker.serve()
+
+
+class _LitWorker(LitAPI):
+    """A ``LitAPI`` that runs a :class:`ServedWorker`; LitServe's batching settings are unused."""
+
+    def __init__(self, worker: ServedWorker, api_path: str) -> None:
+        super().__init__(spec=RoutelessSpec(api_path), loop=_WorkerLoop())
+        self.worker = worker
+
+    def setup(self, device: str) -> None:
+        self.worker.setup(_worker_id())  # each worker places itself on its configured device
+
+    def predict(self, x: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("hookserve's workers are served by their own loop, never by LitServe's")
 
 
 class RoutelessSpec(LitSpec):
@@ -83,8 +123,16 @@ class CompatLitServer(ls.LitServer):
 
     startup_timeout_s = 600.0
 
-    def __init__(self, *args: Any, on_serving: Callable[[], None] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        workers: list[tuple[ServedWorker, str]],
+        *,
+        on_serving: Callable[[], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """``workers``: each served worker with the route name that groups its processes."""
+        self._lit_apis = {id(worker): _LitWorker(worker, path) for worker, path in workers}
+        super().__init__(list(self._lit_apis.values()), **kwargs)
         self._on_serving = on_serving
         self.app.user_middleware = [m for m in self.app.user_middleware if m.cls is not GZipMiddleware]
 
@@ -120,9 +168,9 @@ class CompatLitServer(ls.LitServer):
         """The inference worker processes LitServe started (and will stop at shutdown)."""
         return list(getattr(self, "inference_workers", []))
 
-    def relaunch_worker(self, lit_api: LitAPI, worker: int, dead: mp.Process) -> mp.Process:
-        """Start a new process for ``worker`` of ``lit_api`` in place of ``dead``."""
-        process = self.launch_single_inference_worker(lit_api, worker)
+    def relaunch_worker(self, served: ServedWorker, worker: int, dead: mp.Process) -> mp.Process:
+        """Start a new process for worker ``worker`` of ``served`` in place of ``dead``."""
+        process = self.launch_single_inference_worker(self._lit_apis[id(served)], worker)
         workers = self.inference_workers
         workers[workers.index(dead)] = process
         return process

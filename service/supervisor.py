@@ -35,7 +35,7 @@ class WorkerSlot:
 
     model: str
     worker: int
-    api: Any  # the model's LitAPI, pickled into each replacement process
+    api: Any  # the model's worker, pickled into each replacement process
     process: Any
     restarts: deque[float] = field(default_factory=deque)
     restart_at: float | None = None

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-from collections import defaultdict
 
 import numpy as np
 import pytest
@@ -16,10 +15,10 @@ import torch
 from prometheus_client import REGISTRY
 
 from service.config import ModelServeConfig
-from service.messages import PREDICTIONS_JSON
+from service.messages import PREDICTIONS_JSON, InferRequest
 from service.monitoring.origin import ROOT, bad_rows, locate_origins, origin_label
-from service.worker.batching import InstanceBatchingLoop
-from service.worker.worker import NONFINITE_ERROR, ModelWorker
+from service.worker.batching import BatchRunner
+from service.worker.runner import NONFINITE_ERROR, ModelRunner, attach_monitor
 from tests.fixtures.nan_model import HEALTHY, ORIGIN_BLOCK, POISONED, build
 
 _names = itertools.count()
@@ -73,23 +72,29 @@ def test_the_model_code_itself_is_the_origin_when_no_submodule_went_non_finite()
     assert found[0] is not None and found[0].module == ROOT
 
 
-def make_worker(name: str, precision: str = "fp32") -> ModelWorker:
-    """A model worker set up by hand (no process, no LitServe server) around the NaN fixture."""
+def make_worker(name: str, precision: str = "fp32") -> ModelRunner:
+    """A model runner built by hand (no worker process) around the NaN fixture."""
     config = ModelServeConfig(
         name=name, source="tests.fixtures.nan_model:build", precision=precision, max_batch_size=64,
         monitoring={
             "drift": {"enabled": False}, "guard_every": 1, "shadow": {"every": 1, "min_instances": 1}
         },
     )  # fmt: skip
-    worker = ModelWorker(config, states=None)
-    worker.torch_device = torch.device("cpu")
-    worker.model = build()
-    worker.monitor = worker._attach_monitor()  # with the fp32 shadow on every batch for bf16
-    return worker
+    model, device = build(), torch.device("cpu")
+    return ModelRunner(config, model, device, attach_monitor(config, model, device))  # shadow on every batch
 
 
-def request(uid: int, instances: list[list[float]]) -> tuple:
-    return (uid, float("inf"), 0.0, np.asarray(instances, dtype=np.float32), PREDICTIONS_JSON, f"req-{uid}")
+def request(uid: int, instances: list[list[float]]) -> InferRequest:
+    return InferRequest(
+        uid, float("inf"), 0.0, np.asarray(instances, dtype=np.float32), PREDICTIONS_JSON, f"req-{uid}"
+    )
+
+
+def run(worker: ModelRunner, requests: list[InferRequest]) -> dict[int, tuple[int, bytes]]:
+    """The batch as the worker runs it: each uid's (status, body)."""
+    replies = BatchRunner(worker).run_batch(requests)
+    assert [reply.uid for reply in replies] == [r.uid for r in requests]  # one reply each, in order
+    return {reply.uid: (reply.status, reply.body) for reply in replies}
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -101,17 +106,16 @@ def test_a_poisoned_request_is_counted_at_its_origin_once_and_fails_alone(
     for module in worker.monitor.module_names:  # exported at 0 from attach
         assert origin_count(name, module) == 0.0
     batch = [
-        ("a", request(1, [HEALTHY])),
-        ("a", request(2, [POISONED])),
-        ("b", request(3, [HEALTHY, POISONED, POISONED])),  # two poisoned instances, one request
-        ("b", request(4, [HEALTHY, HEALTHY])),
+        request(1, [HEALTHY]),
+        request(2, [POISONED]),
+        request(3, [HEALTHY, POISONED, POISONED]),  # two poisoned instances, one request
+        request(4, [HEALTHY, HEALTHY]),
     ]
-    replies: dict = defaultdict(list)
     with caplog.at_level(logging.INFO):
-        InstanceBatchingLoop().process(worker, batch, replies)
-    codes = {uid: code for answers in replies.values() for uid, code, _ in answers}
+        answers = run(worker, batch)
+    codes = {uid: code for uid, (code, _) in answers.items()}
     assert codes == {1: 200, 2: 500, 3: 500, 4: 200}
-    bodies = {uid: body for answers in replies.values() for uid, _, body in answers}
+    bodies = {uid: body for uid, (_, body) in answers.items()}
     assert bodies[2] == bodies[3] == NONFINITE_ERROR
     assert b"NaN" not in NONFINITE_ERROR
 
@@ -144,9 +148,8 @@ def test_a_poisoned_request_is_counted_at_its_origin_once_and_fails_alone(
 def test_healthy_batches_never_replay(monkeypatch: pytest.MonkeyPatch) -> None:
     worker = make_worker(f"nan-healthy-{next(_names)}")
     monkeypatch.setattr(worker.monitor, "locate_nonfinite", lambda *a: pytest.fail("replayed"))
-    replies: dict = defaultdict(list)
-    InstanceBatchingLoop().process(worker, [("a", request(i, [HEALTHY] * 3)) for i in range(4)], replies)
-    assert [code for _, code, _ in replies["a"]] == [200] * 4
+    answers = run(worker, [request(i, [HEALTHY] * 3) for i in range(4)])
+    assert [code for code, _ in answers.values()] == [200] * 4
     worker.monitor.detach()
 
 
@@ -154,10 +157,7 @@ def test_without_a_monitor_the_request_still_fails_alone(caplog: pytest.LogCaptu
     worker = make_worker(f"nan-unmonitored-{next(_names)}")
     worker.monitor.detach()
     worker.monitor = None
-    replies: dict = defaultdict(list)
     with caplog.at_level(logging.ERROR):
-        InstanceBatchingLoop().process(
-            worker, [("a", request(1, [POISONED])), ("a", request(2, [HEALTHY]))], replies
-        )
-    assert {uid: code for uid, code, _ in replies["a"]} == {1: 500, 2: 200}
+        answers = run(worker, [request(1, [POISONED]), request(2, [HEALTHY])])
+    assert {uid: code for uid, (code, _) in answers.items()} == {1: 500, 2: 200}
     assert any("req-1" in r.getMessage() and "not located" in r.getMessage() for r in caplog.records)

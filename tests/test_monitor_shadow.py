@@ -155,14 +155,12 @@ def test_default_config_shadows_a_few_live_batches_and_reports_its_cost() -> Non
 
 
 def test_the_worker_runs_the_shadow_after_the_replies_are_sent() -> None:
-    from collections import defaultdict
-
     import numpy as np
 
     from service.config import ModelServeConfig
-    from service.messages import PREDICTIONS_JSON
-    from service.worker.batching import InstanceBatchingLoop
-    from service.worker.worker import ModelWorker
+    from service.messages import PREDICTIONS_JSON, InferRequest
+    from service.worker.batching import BatchRunner
+    from service.worker.runner import ModelRunner, attach_monitor
     from tests.fixtures.nan_model import HEALTHY, build
 
     name = f"shadow-worker-{next(_names)}"
@@ -172,14 +170,12 @@ def test_the_worker_runs_the_shadow_after_the_replies_are_sent() -> None:
         precision="bf16",
         monitoring=every_batch().model_dump(),
     )
-    worker = ModelWorker(config, states=None)
-    worker.torch_device = torch.device("cpu")
-    worker.model = build()
-    worker.monitor = worker._attach_monitor()
-    request = (1, float("inf"), 0.0, np.asarray([HEALTHY] * 3, dtype=np.float32), PREDICTIONS_JSON, "r-1")
-    replies: dict = defaultdict(list)
-    InstanceBatchingLoop().process(worker, [("a", request)], replies)
-    assert replies["a"][0][1] == 200
+    model, device = build(), torch.device("cpu")
+    worker = ModelRunner(config, model, device, attach_monitor(config, model, device))
+    instances = np.asarray([HEALTHY] * 3, dtype=np.float32)
+    request = InferRequest(1, float("inf"), 0.0, instances, PREDICTIONS_JSON, "r-1")
+    replies = BatchRunner(worker).run_batch([request])
+    assert replies[0].status == 200
     assert worker.monitor.shadow.batches == 0 and worker._shadow_input is not None  # not before the replies
     worker.after_replies()
     assert worker.monitor.shadow.batches == 1 and worker._shadow_input is None

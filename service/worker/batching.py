@@ -1,44 +1,32 @@
-"""The inference worker's loop: dynamic batching by instance count, deadlines, and failure isolation.
+"""Dynamic batching by instance count, deadlines, and failure isolation, in the inference worker.
 
-LitServe runs it in the worker process after ``setup`` (it is a ``LitLoop``). It takes requests from
-the worker's own :class:`~service.worker.inbox.Inbox` rather than LitServe's queues, and:
-
-* blocks for the first request, then takes whatever else is already queued, up to ``max_batch_size``
-  instances, and waits at most ``batch_timeout`` more only if that is configured: at low load a
-  request runs at once; under load batches fill up while the previous batch runs;
-* answers requests whose deadline passed in the queue with 504 without running them;
-* when a batched forward pass raises, re-runs each request on its own so only the culprit fails;
-* when some requests' outputs are non-finite, has the LitAPI explain them (``explain_nonfinite``:
-  the model worker replays them to find the module where it started) and fails only those, with 500;
-* sends each API server one frame with all of its replies per batch, then lets the LitAPI do work
-  that may wait (``after_replies``: the model worker's fp32 precision shadow).
-
-It calls the LitAPI's ``decode_request``, ``batch``, ``predict``, ``unbatch`` and ``encode_response``
-in that order.
+* :func:`collect` blocks for the first request, then takes whatever else is already queued, up to
+  ``max_batch_size`` instances, and waits at most ``batch_timeout`` more only if that is configured:
+  at low load a request runs at once; under load batches fill up while the previous batch runs.
+* :class:`BatchRunner` runs one collected batch: it answers requests whose deadline passed in the queue
+  with 504 without running them; when the batched forward pass raises, it re-runs each request on its
+  own so only the culprit fails; when some requests' outputs are non-finite, the runner explains them
+  (the replay finds the module where it started) and only those fail, with 500. Queue wait and batch
+  size are recorded once per request and once per batch, however the batch was retried.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections import defaultdict
-from typing import Any
 
-from service.litserve_compat import LitLoop
+import numpy as np
+
 from service.messages import InferReply, InferRequest
-from service.monitoring.metrics import BATCH_SIZE, QUEUE_WAIT, WORKERS_READY
+from service.monitoring.metrics import BATCH_SIZE, QUEUE_WAIT
 from service.monitoring.origin import NonFiniteOutput
 from service.worker.inbox import Connection, Inbox
-from service.worker_states import WorkerState
+from service.worker.runner import ModelRunner
 
 logger = logging.getLogger(__name__)
 Queued = tuple[Connection, InferRequest]
 INTERNAL_ERROR = b"internal error while running the model"
-
-
-def _size(item: Queued) -> int:
-    return item[1].size
+EXPIRED = b"request deadline passed while queued"
 
 
 def collect(inbox: Inbox, max_instances: int, batch_timeout: float, idle_wait: float = 1.0) -> list[Queued]:
@@ -46,14 +34,17 @@ def collect(inbox: Inbox, max_instances: int, batch_timeout: float, idle_wait: f
 
     A request larger than ``max_instances`` still runs, alone.
     """
-    if not inbox.pending:
-        inbox.poll(idle_wait)
-    inbox.poll(0)  # whatever else arrived meanwhile joins this batch
     pending = inbox.pending
     if not pending:
-        return []
+        inbox.poll(idle_wait)  # reads every frame ready on every connection in this wake-up
+        if not pending:
+            return []
+    else:
+        inbox.poll(0)  # whatever else arrived while the previous batch ran joins this one
     batch = [pending.popleft()]
-    size = _size(batch[0])
+    size = batch[0][1].size
+    if size >= max_instances or (not pending and batch_timeout <= 0):
+        return batch  # the common case at low load: one request, no more waiting
     wait_until = time.monotonic() + batch_timeout
     while size < max_instances:
         if not pending:
@@ -63,108 +54,85 @@ def collect(inbox: Inbox, max_instances: int, batch_timeout: float, idle_wait: f
             inbox.poll(remaining)
             if not pending:
                 continue
-        if size + _size(pending[0]) > max_instances:
+        next_size = pending[0][1].size
+        if size + next_size > max_instances:
             break
-        item = pending.popleft()
-        batch.append(item)
-        size += _size(item)
+        batch.append(pending.popleft())
+        size += next_size
     return batch
 
 
-class InstanceBatchingLoop(LitLoop):
-    """A LitServe loop serving the worker's inbox (see the module docstring)."""
+class BatchRunner:
+    """Runs collected batches on one model: one call, :meth:`run_batch`, per batch."""
 
-    def _run(self, lit_api: Any, requests: list[Queued]) -> list[Any]:
-        """One output per request: the model's answers, unbatched (not yet encoded)."""
-        inputs = [lit_api.decode_request(request.instances) for _, request in requests]
-        return lit_api.unbatch(lit_api.predict(lit_api.batch(inputs)))
+    def __init__(self, runner: ModelRunner) -> None:
+        self.runner = runner
+        self.model_name = runner.model_name
+        self._queue_wait = QUEUE_WAIT.labels(runner.model_name)
+        self._batch_size = BATCH_SIZE.labels(runner.model_name)
 
-    def process(self, lit_api: Any, batch: list[Queued], replies: dict[Connection, list[InferReply]]) -> None:
-        """Run one batch; add each request's reply to ``replies`` under its connection."""
-        model_name = lit_api.model_name
+    def run_batch(self, requests: list[InferRequest]) -> list[InferReply]:
+        """One reply per request, in order: 504 for the expired, else the model's answer or error."""
         now = time.monotonic()
-        live = []
-        for connection, request in batch:
-            if request.deadline <= now:
-                replies[connection].append(
-                    InferReply(request.uid, 504, b"request deadline passed while queued")
-                )
-            else:
-                QUEUE_WAIT.labels(model_name).observe(now - request.enqueued_at)
-                live.append((connection, request))
+        live = [i for i, request in enumerate(requests) if request.deadline > now]
+        if len(live) == len(requests):
+            return self._answer(requests, now)
+        # uids are unique per API-server link only: match replies by position, not uid
+        replies = [InferReply(request.uid, 504, EXPIRED) for request in requests]
+        for i, reply in zip(live, self._answer([requests[i] for i in live], now), strict=True):
+            replies[i] = reply
+        return replies
+
+    def _answer(self, live: list[InferRequest], now: float) -> list[InferReply]:
         if not live:
-            return
-        BATCH_SIZE.labels(model_name).observe(sum(_size(item) for item in live))
+            return []
+        observe_wait = self._queue_wait.observe
+        for request in live:
+            observe_wait(now - request.enqueued_at)
+        self._batch_size.observe(sum(request.size for request in live))
+        return self._run(live)
+
+    def _run(self, requests: list[InferRequest]) -> list[InferReply]:
+        """Forward pass and encoding; on a failed batch, each request again alone (metrics not again)."""
         try:
-            outputs = self._run(lit_api, live)
+            probabilities = self.runner.forward(_stack(requests))
         except Exception:
-            if len(live) == 1:
-                logger.exception("model %s failed on request %s", model_name, live[0][1].request_id)
-                replies[live[0][0]].append(InferReply(live[0][1].uid, 500, INTERNAL_ERROR))
-                return
-            logger.warning("batched forward of %d requests failed; retrying them one by one", len(live))
-            for item in live:
-                self.process(lit_api, [item], replies)
-            return
-        nonfinite: list[tuple[Connection, InferRequest, Any]] = []
-        for (connection, request), output in zip(live, outputs, strict=True):
+            if len(requests) == 1:
+                logger.exception("model %s failed on request %s", self.model_name, requests[0].request_id)
+                return [InferReply(requests[0].uid, 500, INTERNAL_ERROR)]
+            logger.warning("batched forward of %d requests failed; retrying them one by one", len(requests))
+            return [reply for request in requests for reply in self._run([request])]
+        replies: list[InferReply] = []
+        nonfinite: list[tuple[int, InferRequest, np.ndarray]] = []
+        offset = 0
+        for request in requests:
+            rows = probabilities[offset : offset + request.size]
+            offset += request.size
             try:  # encoding is per request: an answer that cannot be sent (NaN output) fails alone
-                replies[connection].append(
-                    InferReply(request.uid, 200, lit_api.encode_response(output, request.answer_format))
-                )
+                replies.append(InferReply(request.uid, 200, self.runner.encode(rows, request.answer_format)))
             except NonFiniteOutput as exc:
-                nonfinite.append((connection, request, exc.rows))
+                nonfinite.append((len(replies), request, exc.rows))
+                replies.append(InferReply(request.uid, 500, INTERNAL_ERROR))
             except Exception:
-                logger.exception("model %s: cannot answer request %s", model_name, request.request_id)
-                replies[connection].append(InferReply(request.uid, 500, INTERNAL_ERROR))
+                logger.exception("model %s: cannot answer request %s", self.model_name, request.request_id)
+                replies.append(InferReply(request.uid, 500, INTERNAL_ERROR))
         if nonfinite:
-            self._fail_nonfinite(lit_api, nonfinite, replies)
+            self._explain(nonfinite, replies)
+        return replies
 
-    @staticmethod
-    def _fail_nonfinite(
-        lit_api: Any,
-        failed: list[tuple[Connection, InferRequest, Any]],
-        replies: dict[Connection, list[InferReply]],
-    ) -> None:
-        """Answer requests with non-finite outputs with 500, once the LitAPI has looked for the origin."""
+    def _explain(self, failed: list[tuple[int, InferRequest, np.ndarray]], replies: list[InferReply]) -> None:
+        """Fill in the 500 bodies of requests with non-finite outputs once their origin is looked for."""
         try:
-            bodies = lit_api.explain_nonfinite([(request, rows) for _, request, rows in failed])
+            bodies = self.runner.explain_nonfinite([(request, rows) for _, request, rows in failed])
         except Exception:
-            logger.exception("model %s: locating the origin of non-finite outputs failed", lit_api.model_name)
+            logger.exception("model %s: locating the origin of non-finite outputs failed", self.model_name)
             bodies = [INTERNAL_ERROR] * len(failed)
-        for (connection, request, _), body in zip(failed, bodies, strict=True):
-            replies[connection].append(InferReply(request.uid, 500, body))
+        for (index, request, _), body in zip(failed, bodies, strict=True):
+            replies[index] = InferReply(request.uid, 500, body)
 
-    def __call__(
-        self,
-        lit_api: Any,
-        device: str,
-        worker_id: int,
-        request_queue: Any,
-        transport: Any,
-        workers_setup_status: dict,
-        callback_runner: Any,
-        lit_spec: Any = None,
-        stream: bool = False,
-    ) -> None:
-        """LitServe's entry point, called once setup is done. Its queues are not used (see the module)."""
-        states, model_name = lit_api.states, lit_api.model_name
-        inbox = Inbox(states.socket_path(model_name, worker_id))
-        states.set(model_name, worker_id, WorkerState.READY, os.getpid())
-        WORKERS_READY.labels(model_name).set(1)
-        logger.info("%s worker %d accepting requests", model_name, worker_id)
-        # Work that may wait until a batch's replies are sent (the model worker's precision shadow).
-        after_replies = getattr(lit_api, "after_replies", None)
-        try:
-            while True:
-                batch = collect(inbox, lit_api.max_batch_size, lit_api.batch_timeout)
-                if not batch:
-                    continue
-                replies: dict[Connection, list[InferReply]] = defaultdict(list)
-                self.process(lit_api, batch, replies)
-                for connection, answers in replies.items():
-                    inbox.send(connection, answers)
-                if after_replies is not None:
-                    after_replies()
-        finally:
-            inbox.close()
+
+def _stack(requests: list[InferRequest]) -> np.ndarray:
+    """The batch's instances as one contiguous array (no copy for a lone request)."""
+    if len(requests) == 1:
+        return requests[0].instances
+    return np.concatenate([request.instances for request in requests])

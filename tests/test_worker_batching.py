@@ -1,0 +1,70 @@
+"""The worker's batch runner: one reply per request in order, 504 for the expired, failure isolation, and
+queue-wait / batch-size metrics recorded once per request and batch, however the batch was retried."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from prometheus_client import REGISTRY
+
+from service.messages import PROBABILITIES_F32, InferRequest
+from service.worker.batching import EXPIRED, INTERNAL_ERROR, BatchRunner
+
+_names = itertools.count()
+
+
+class FakeRunner:
+    """Doubles each instance's single feature; a batch holding a negative instance fails as a whole."""
+
+    def __init__(self) -> None:
+        self.model_name = f"batching-{next(_names)}"
+        self.forwards: list[int] = []
+
+    def forward(self, instances: np.ndarray) -> np.ndarray:
+        self.forwards.append(len(instances))
+        if (instances < 0).any():
+            raise ValueError("negative input")
+        return instances * 2
+
+    def encode(self, probabilities: np.ndarray, answer_format: int) -> bytes:
+        return probabilities.tobytes()
+
+
+def request(uid: int, values: list[float], deadline: float = float("inf")) -> InferRequest:
+    instances = np.asarray(values, dtype=np.float32).reshape(-1, 1)
+    return InferRequest(uid, deadline, 0.0, instances, PROBABILITIES_F32, f"r-{uid}")
+
+
+def count(metric: str, model: str) -> float:
+    return REGISTRY.get_sample_value(f"{metric}_count", {"model": model}) or 0.0
+
+
+def test_each_request_gets_its_own_rows_in_order() -> None:
+    runner = FakeRunner()
+    replies = BatchRunner(runner).run_batch([request(7, [1, 2]), request(7, [3]), request(1, [4, 5, 6])])
+    assert [r.uid for r in replies] == [7, 7, 1]  # uids repeat across API-server links: order matters
+    assert [np.frombuffer(r.body, np.float32).tolist() for r in replies] == [[2, 4], [6], [8, 10, 12]]
+    assert runner.forwards == [6]  # one forward pass for the whole batch
+
+
+def test_a_failing_batch_is_retried_alone_and_metrics_count_once() -> None:
+    runner = FakeRunner()
+    wait_before = count("hookserve_queue_wait_seconds", runner.model_name)
+    size_before = count("hookserve_batch_size", runner.model_name)
+    replies = BatchRunner(runner).run_batch([request(1, [1]), request(2, [-1]), request(3, [3])])
+    assert [(r.uid, r.status) for r in replies] == [(1, 200), (2, 500), (3, 200)]
+    assert replies[1].body == INTERNAL_ERROR
+    assert runner.forwards == [3, 1, 1, 1]
+    assert count("hookserve_queue_wait_seconds", runner.model_name) - wait_before == 3
+    assert count("hookserve_batch_size", runner.model_name) - size_before == 1
+
+
+def test_expired_requests_get_504_without_running() -> None:
+    runner = FakeRunner()
+    replies = BatchRunner(runner).run_batch([request(1, [1], deadline=0.0), request(2, [2])])
+    assert [(r.uid, r.status) for r in replies] == [(1, 504), (2, 200)]
+    assert replies[0].body == EXPIRED
+    assert runner.forwards == [1]
+    assert BatchRunner(runner).run_batch([request(3, [1], deadline=0.0)])[0].status == 504
+    assert runner.forwards == [1]
