@@ -20,6 +20,7 @@ from service.litserve_compat import CompatLitServer
 from service.model_loading import describe_model
 from service.monitoring.metrics import REJECTED, WORKERS_READY
 from service.supervisor import Supervisor
+from service.tracing.settings import resolve as resolve_tracing
 from service.worker.runtime import check_device_request
 from service.worker.worker import ModelWorker
 from service.worker_states import WorkerStates
@@ -40,6 +41,7 @@ def build_server(config: HookserveConfig) -> Server:
     """Everything validated: a bad model, checkpoint or device fails here, before any process starts."""
     api_key = config.server.auth.api_key()
     states = WorkerStates({m.name: m.workers for m in config.models})
+    tracing = resolve_tracing(config.server.tracing)
     workers, routes, gates, descriptions = [], [], {}, {}
     for model_cfg in config.models:
         check_device_request(model_cfg.device)
@@ -58,12 +60,12 @@ def build_server(config: HookserveConfig) -> Server:
             )
         )
         gates[model_cfg.name] = AdmissionGate(model_cfg.max_queued_requests)
-        workers.append(ModelWorker(model_cfg, states))
+        workers.append(ModelWorker(model_cfg, states, tracing))
         for reason in ("overload", "draining"):  # exported at 0, so increase() sees the first one
             REJECTED.labels(model_cfg.name, reason)
         WORKERS_READY.labels(model_cfg.name).set(0)  # the main process's 0 keeps the series when none is
 
-    plan = ServingPlan(routes=routes, gates=gates, drain=DrainSwitch(), states=states)
+    plan = ServingPlan(routes=routes, gates=gates, drain=DrainSwitch(), states=states, tracing=tracing)
     litserver = CompatLitServer(
         [(worker, worker.config.route) for worker in workers],
         accelerator="cpu",  # each ModelWorker places itself on its configured device

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.monitoring.config import MonitorConfig
+from service.tracing.settings import TracingConfig
 
 ENV_PREFIX = "HOOKSERVE_"
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -75,6 +76,7 @@ class ServerConfig(_Strict):
     )
     auth: AuthConfig = AuthConfig()
     worker_restarts: RestartPolicy = RestartPolicy()
+    tracing: TracingConfig = TracingConfig()
 
 
 class ModelServeConfig(_Strict):

@@ -29,6 +29,7 @@ class InferRequest(NamedTuple):
     instances: np.ndarray  # validated float32, shaped [n, *input_shape]
     answer_format: int  # what a 200 carries: PREDICTIONS_JSON or PROBABILITIES_F32
     request_id: str  # names the request in the worker's log lines
+    trace: str | None = None  # W3C traceparent of a sampled request's server span; None: not traced
 
     @property
     def size(self) -> int:

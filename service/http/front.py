@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
@@ -25,6 +26,7 @@ from service.http.inference import InferenceRoute, RequestCounter, RouteSettings
 from service.http.predict import PredictRoute, predict_path
 from service.http.v2 import Handler, V2InferRoute
 from service.http.worker_client import ModelWorkers, keep_connected
+from service.tracing.settings import TracingSettings
 from service.worker_states import WorkerStates
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ class ServingPlan:
     gates: dict[str, AdmissionGate]
     drain: DrainSwitch
     states: WorkerStates
+    tracing: TracingSettings | None = None
 
 
 class FrontRouter:
@@ -61,8 +64,10 @@ class FrontRouter:
             return kind(s, self.pools[s.model], plan.gates[s.model], plan.drain)
 
         v2_infer = {s.model: route(V2InferRoute, s) for s in plan.routes}
+        predict = {predict_path(s.model): route(PredictRoute, s) for s in plan.routes}
+        self.inference_routes = [*v2_infer.values(), *predict.values()]
         self.routes: dict[str, Handler] = {
-            **{predict_path(s.model): route(PredictRoute, s) for s in plan.routes},
+            **predict,
             **v2.routes(plan.routes, v2_infer, plan.states.model_ready, self.ready, hookserve_version()),
             "/health": self.health,
             "/": self.index,
@@ -140,6 +145,13 @@ class FrontRouter:
         return watched
 
     async def _start(self) -> None:
+        if self.plan.tracing is not None:  # a tracer per API server, built after the fork
+            from service.tracing.provider import start_tracer
+            from service.tracing.request_spans import RequestTracer
+
+            tracer, _ = start_tracer(self.plan.tracing, role=f"api-server {os.getpid()}")
+            for route in self.inference_routes:
+                route.tracer = RequestTracer(tracer)
         for pool in self.pools.values():
             await pool.connect_missing()
         self._connector = asyncio.create_task(keep_connected(self.pools.values()), name="worker-links")

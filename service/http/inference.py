@@ -16,7 +16,7 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -29,6 +29,9 @@ from service.http.codec import ClientError
 from service.http.worker_client import ModelWorkers, WorkerUnavailable
 from service.messages import InferRequest
 from service.monitoring.metrics import PROTOCOL_REQUESTS, REJECTED, REQUEST_DURATION, REQUESTS
+
+if TYPE_CHECKING:
+    from service.tracing.request_spans import RequestTrace, RequestTracer
 
 logger = logging.getLogger(__name__)
 RETRY_AFTER = (b"retry-after", b"1")
@@ -119,6 +122,7 @@ class InferenceRoute:
         self.gate = gate
         self.drain = drain
         self.counter = RequestCounter(settings.model, self.protocol)
+        self.tracer: RequestTracer | None = None  # set in each API server when tracing is on
         self._overload = REJECTED.labels(settings.model, "overload")
         self._draining = REJECTED.labels(settings.model, "draining")
 
@@ -136,8 +140,9 @@ class InferenceRoute:
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         request_id = request_id_of(scope)
+        traced = None if self.tracer is None else self._start_trace(scope, request_id)
         try:
-            status = await self._answer(scope, receive, send, request_id)
+            status = await self._answer(scope, receive, send, request_id, traced)
         except ClientError as error:
             status = error.status
             extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
@@ -150,8 +155,22 @@ class InferenceRoute:
             status = 500
             await send_error(send, status, "internal server error", request_id)
         self.counter.record(status, time.perf_counter() - start)
+        if traced is not None:
+            traced.finish(status)
 
-    async def _answer(self, scope: dict, receive: Receive, send: Send, request_id: str) -> int:
+    def _start_trace(self, scope: dict, request_id: str) -> RequestTrace | None:
+        attributes = {
+            "http.request.method": scope["method"],
+            "url.path": scope["path"],
+            "hookserve.request_id": request_id,
+            "hookserve.model": self.settings.model,
+            "hookserve.protocol": self.protocol,
+        }
+        return self.tracer.start_http(scope, attributes)
+
+    async def _answer(
+        self, scope: dict, receive: Receive, send: Send, request_id: str, traced: RequestTrace | None
+    ) -> int:
         settings = self.settings
         if scope["method"] != "POST":
             raise ClientError(405, "use POST for inference")
@@ -162,31 +181,45 @@ class InferenceRoute:
         if self.drain.draining:
             self._draining.inc()
             raise WorkerUnavailable("server is shutting down; retry on another replica")
-        decoded = self.decode(scope, body)
-        if not self.gate.try_enter():
-            self._overload.inc()
-            raise WorkerUnavailable(
-                f"too many requests queued for {settings.model} (limit {self.gate.limit}); retry"
-            )
+        if traced is None:
+            decoded = self.decode(scope, body)
+            self._admit()
+        else:
+            with traced.phase("decode"):
+                decoded = self.decode(scope, body)
+            with traced.phase("admission"):
+                self._admit()
         try:
-            status, payload = await self._run(decoded, request_id)
+            status, payload = await self._run(decoded, request_id, traced)
         finally:
             self.gate.leave()
         if status != 200:
             await send_error(send, status, payload.decode(), request_id)
             return status
-        answer = self.encode(decoded, payload, request_id)
+        if traced is not None:
+            with traced.phase("answer"):
+                answer = self.encode(decoded, payload, request_id)
+        else:
+            answer = self.encode(decoded, payload, request_id)
         headers = [(b"x-request-id", request_id.encode()), *answer.headers]
         await send_response(send, 200, answer.body, answer.content_type, headers)
         return 200
 
-    async def _run(self, decoded: Decoded, request_id: str) -> tuple[int, bytes]:
+    def _admit(self) -> None:
+        if not self.gate.try_enter():
+            self._overload.inc()
+            raise WorkerUnavailable(
+                f"too many requests queued for {self.settings.model} (limit {self.gate.limit}); retry"
+            )
+
+    async def _run(self, decoded: Decoded, request_id: str, traced: RequestTrace | None) -> tuple[int, bytes]:
         """Send the instances to a worker and wait for its answer, at most until the deadline."""
         timeout = self.settings.request_timeout_s
         now = time.monotonic()
         link = await self.workers.pick()
+        trace = None if traced is None else traced.traceparent()
         request = InferRequest(
-            next(_uids), now + timeout, now, decoded.instances, decoded.answer_format, request_id
+            next(_uids), now + timeout, now, decoded.instances, decoded.answer_format, request_id, trace
         )
         future = link.submit(request)
         timer = asyncio.get_running_loop().call_later(timeout, _expire, future, timeout)

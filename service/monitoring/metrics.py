@@ -217,6 +217,10 @@ MONITOR_SAMPLE_INTERVAL = Gauge(
     ["model", "kind"],
     multiprocess_mode="mostrecent",
 )
+TRACE_SPANS_DROPPED = Counter(
+    "hookserve_trace_spans_dropped_total",
+    "Trace spans lost: the export buffer was full, or the collector did not take them.",
+)
 
 
 def render_latest() -> bytes:

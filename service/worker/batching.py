@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +23,9 @@ from service.monitoring.metrics import BATCH_SIZE, QUEUE_WAIT
 from service.monitoring.origin import NonFiniteOutput
 from service.worker.inbox import Connection, Inbox
 from service.worker.runner import ModelRunner
+
+if TYPE_CHECKING:
+    from service.tracing.batch_spans import BatchTracer
 
 logger = logging.getLogger(__name__)
 Queued = tuple[Connection, InferRequest]
@@ -65,8 +69,9 @@ def collect(inbox: Inbox, max_instances: int, batch_timeout: float, idle_wait: f
 class BatchRunner:
     """Runs collected batches on one model: one call, :meth:`run_batch`, per batch."""
 
-    def __init__(self, runner: ModelRunner) -> None:
+    def __init__(self, runner: ModelRunner, tracer: BatchTracer | None = None) -> None:
         self.runner = runner
+        self.tracer = tracer
         self.model_name = runner.model_name
         self._queue_wait = QUEUE_WAIT.labels(runner.model_name)
         self._batch_size = BATCH_SIZE.labels(runner.model_name)
@@ -90,18 +95,29 @@ class BatchRunner:
         for request in live:
             observe_wait(now - request.enqueued_at)
         self._batch_size.observe(sum(request.size for request in live))
-        return self._run(live)
+        return self._run(live, now)
 
-    def _run(self, requests: list[InferRequest]) -> list[InferReply]:
+    def _forward(self, requests: list[InferRequest], started: float) -> np.ndarray:
+        tracer = self.tracer
+        if tracer is not None:
+            traced = [request for request in requests if request.trace is not None]
+            if traced:
+                with tracer.recording() as timings:
+                    probabilities = self.runner.forward(_stack(requests))
+                tracer.emit(traced, timings, started)
+                return probabilities
+        return self.runner.forward(_stack(requests))
+
+    def _run(self, requests: list[InferRequest], started: float) -> list[InferReply]:
         """Forward pass and encoding; on a failed batch, each request again alone (metrics not again)."""
         try:
-            probabilities = self.runner.forward(_stack(requests))
+            probabilities = self._forward(requests, started)
         except Exception:
             if len(requests) == 1:
                 logger.exception("model %s failed on request %s", self.model_name, requests[0].request_id)
                 return [InferReply(requests[0].uid, 500, INTERNAL_ERROR)]
             logger.warning("batched forward of %d requests failed; retrying them one by one", len(requests))
-            return [reply for request in requests for reply in self._run([request])]
+            return [reply for request in requests for reply in self._run([request], started)]
         replies: list[InferReply] = []
         nonfinite: list[tuple[int, InferRequest, np.ndarray]] = []
         offset = 0

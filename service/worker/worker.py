@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -46,6 +47,10 @@ from service.worker.runtime import (
 )
 from service.worker_states import WorkerState, WorkerStates, write_report
 
+if TYPE_CHECKING:
+    from service.tracing.batch_spans import BatchTracer
+    from service.tracing.settings import TracingSettings
+
 logger = logging.getLogger(__name__)
 
 
@@ -56,10 +61,13 @@ class ModelWorker:
     :meth:`setup`.
     """
 
-    def __init__(self, config: ModelServeConfig, states: WorkerStates) -> None:
+    def __init__(
+        self, config: ModelServeConfig, states: WorkerStates, tracing: TracingSettings | None = None
+    ) -> None:
         self.config = config
         self.model_name = config.name
         self.states = states
+        self.tracing = tracing
         self.worker_id = 0
         self.runner: ModelRunner | None = None
 
@@ -138,7 +146,7 @@ class ModelWorker:
         """Serve the inbox until the process is stopped. Binding the socket is what makes it ready."""
         cfg, runner = self.config, self.runner
         assert runner is not None, "setup() first"
-        batches = BatchRunner(runner)
+        batches = BatchRunner(runner, self._batch_tracer())
         inbox = Inbox(self.states.socket_path(cfg.name, self.worker_id))
         self.states.set(cfg.name, self.worker_id, WorkerState.READY, os.getpid())
         WORKERS_READY.labels(cfg.name).set(1)
@@ -154,6 +162,21 @@ class ModelWorker:
                 runner.after_replies()
         finally:
             inbox.close()
+
+    def _batch_tracer(self) -> BatchTracer | None:
+        """Spans for traced requests' batches, when tracing is on (imported only then)."""
+        if self.tracing is None:
+            return None
+        from service.tracing.batch_spans import BatchTracer
+        from service.tracing.provider import start_tracer
+
+        runner = self.runner
+        role = f"worker {self.model_name}/{self.worker_id}"
+        tracer, _ = start_tracer(self.tracing, role=role, follow_only=True)
+        names = runner.monitor.module_names if runner.monitor is not None else []
+        modules = dict(runner.model.named_modules())
+        monitored = {name: modules[name] for name in names if name in modules}
+        return BatchTracer(tracer, self.model_name, monitored, self.config.precision, str(runner.device))
 
 
 def send_replies(inbox: Inbox, batch: list[tuple[Connection, object]], replies: list[InferReply]) -> None:

@@ -1,0 +1,72 @@
+"""When tracing is on, where spans go, and what is sampled: ``server.tracing`` plus the standard
+``OTEL_*`` environment variables, resolved once in the main process and handed to every process."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_SERVICE_NAME = "hookserve"
+_ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+class TracingConfig(BaseModel):
+    """``server.tracing``. Every field left unset falls back to the OpenTelemetry environment variables."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool | None = Field(
+        default=None,
+        description="On/off; unset: on when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set (and "
+        "OTEL_SDK_DISABLED is not true).",
+    )
+    endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces; unset: OTEL_* variables.",
+    )
+    sample_ratio: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Share of new traces sampled (an incoming sampled traceparent is always followed); "
+        "unset: OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (OpenTelemetry's default: every trace).",
+    )
+    max_queued_spans: int = Field(
+        default=4096, ge=1, description="Spans buffered per process for export; past it they are dropped."
+    )
+    export_interval_s: float = Field(default=1.0, gt=0, description="How often a process exports its spans.")
+    export_timeout_s: float = Field(default=5.0, gt=0, description="One export call's timeout.")
+
+
+@dataclass(frozen=True)
+class TracingSettings:
+    """Resolved settings, picklable into the spawned workers."""
+
+    endpoint: str | None  # None: the exporter reads the OTEL_* variables itself
+    sample_ratio: float | None  # None: the SDK reads OTEL_TRACES_SAMPLER(_ARG)
+    service_name: str
+    max_queued_spans: int
+    export_interval_s: float
+    export_timeout_s: float
+
+
+def resolve(config: TracingConfig, environ: dict[str, str] | None = None) -> TracingSettings | None:
+    """The settings when tracing is on, else None."""
+    env = os.environ if environ is None else environ
+    enabled = config.enabled
+    if enabled is None:
+        disabled = env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+        no_exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none"
+        enabled = not disabled and not no_exporter and any(env.get(var) for var in _ENDPOINT_VARS)
+    if not enabled:
+        return None
+    return TracingSettings(
+        endpoint=config.endpoint,
+        sample_ratio=config.sample_ratio,
+        service_name=env.get("OTEL_SERVICE_NAME") or DEFAULT_SERVICE_NAME,
+        max_queued_spans=config.max_queued_spans,
+        export_interval_s=config.export_interval_s,
+        export_timeout_s=config.export_timeout_s,
+    )
