@@ -184,8 +184,16 @@ def test_compose_file_matches_the_compose_spec(path: Path) -> None:
 def test_plain_compose_up_starts_no_load_generator() -> None:
     services = compose()["services"]
     default = {name for name, service in services.items() if not service.get("profiles")}
-    assert default == {"hookserve", "prometheus", "grafana"}
+    assert default == {"hookserve", "prometheus", "grafana", "jaeger"}
     assert all(services[name]["profiles"] == ["load"] for name in ("locust-master", "locust-worker"))
+
+
+def test_the_service_sends_its_traces_to_the_stacks_jaeger() -> None:
+    services = compose()["services"]
+    environment = services["hookserve"]["environment"]
+    assert "jaeger:4318" in environment["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    assert environment["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+    assert any(port.endswith(":16686") for port in services["jaeger"]["ports"])
 
 
 def test_load_generators_wait_for_a_healthy_service() -> None:
