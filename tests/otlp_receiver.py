@@ -30,8 +30,10 @@ class ReceivedSpan:
 class OtlpReceiver:
     """``with OtlpReceiver() as receiver:`` — ``receiver.endpoint`` takes OTLP/HTTP protobuf traces."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0, keep: bool = True) -> None:
         self.spans: list[ReceivedSpan] = []
+        self.received = 0  # spans decoded, kept or not
+        self.keep = keep
         self._lock = threading.Lock()
         receiver = self
 
@@ -51,7 +53,7 @@ class OtlpReceiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.endpoint = f"http://127.0.0.1:{self._server.server_port}/v1/traces"
 
     def _add(self, request: ExportTraceServiceRequest) -> None:
@@ -73,7 +75,9 @@ class OtlpReceiver:
                         )
                     )
         with self._lock:
-            self.spans.extend(spans)
+            self.received += len(spans)
+            if self.keep:
+                self.spans.extend(spans)
 
     def trace(self, trace_id: str) -> list[ReceivedSpan]:
         with self._lock:

@@ -1,0 +1,106 @@
+"""What tracing costs when served: req/s and p50 with tracing off, sampling 1 % and sampling 100 %.
+
+``python -m benchmarks.tracing_cost [--model tiny] [--concurrency 32] [--duration 8] [--repeats 3]``
+
+Three hookserve servers (1 API server, 1 worker, monitoring on) serve the same model, one per mode; the
+traced ones export OTLP/HTTP to a receiver in its own process that decodes every request, as a collector
+would. Windows rotate through the modes (off, 1 %, 100 %, off, ...) so each sees the same machine; the
+table shows medians and each mode's ratio to "off". Run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from benchmarks.loadgen import run_load, write_bodies
+from benchmarks.servers import REPO_ROOT, HookserveSettings, free_port, start_hookserve
+
+PLUGINS = REPO_ROOT / "benchmarks" / "peers" / "servers"
+MODES = {"off": None, "1%": 0.01, "100%": 1.0}
+RECEIVER = """
+import sys, time
+from tests.otlp_receiver import OtlpReceiver
+with OtlpReceiver(port=int(sys.argv[1]), keep=False) as receiver:
+    while True:
+        time.sleep(60)
+"""
+
+
+def server_config(model: str, ratio: float | None) -> dict:
+    source = f"hookserve_plugin:{model}" if model in ("tiny", "mid") else model
+    settings = HookserveSettings(model=model, model_extra={"source": source})
+    config = settings.config(port=0)
+    del config["server"]["port"]  # start_hookserve passes the port
+    if ratio is not None:
+        config["server"]["tracing"] = {"enabled": True, "sample_ratio": ratio, "export_interval_s": 0.5}
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="tracing-cost-"))
+    receiver_port = free_port()
+    receiver = subprocess.Popen(
+        [sys.executable, "-c", RECEIVER, str(receiver_port)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(PLUGINS)]),
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{receiver_port}/v1/traces",
+    }
+    servers = {}
+    try:
+        for mode, ratio in MODES.items():
+            servers[mode] = start_hookserve(
+                f"tracing-{mode.rstrip('%')}", server_config(args.model, ratio), workdir, env
+            )
+        for mode, server in servers.items():
+            if not server.wait_ready(180):
+                raise SystemExit(f"{mode}: hookserve did not start: {server.failure}\n{server.log()[-2000:]}")
+        shape = (64,) if args.model == "tiny" else (3, 32, 32)
+        x = np.random.default_rng(0).standard_normal((1, *shape), dtype=np.float32)
+        bodies = write_bodies([orjson.dumps({"instances": x.tolist()})], workdir)
+        results: dict[str, list] = {mode: [] for mode in MODES}
+        for server in servers.values():  # warm-up
+            run_load(server.predict_url, bodies, args.concurrency, 2)
+        for _ in range(args.repeats):
+            for mode, server in servers.items():
+                results[mode].append(run_load(server.predict_url, bodies, args.concurrency, args.duration))
+                time.sleep(0.5)
+    finally:
+        for server in servers.values():
+            server.stop()
+        receiver.kill()
+    base = statistics.median(r.ok_per_s for r in results["off"])
+    windows = f"{args.repeats} x {args.duration:g} s windows (medians)"
+    print(f"model {args.model}, {args.concurrency} clients, {windows}")
+    print("| tracing | req/s | x off | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|---|")
+    for mode, windows in results.items():
+        rate = statistics.median(r.ok_per_s for r in windows)
+        p50 = statistics.median(r.p50_ms for r in windows)
+        p99 = statistics.median(r.p99_ms for r in windows)
+        errors = sum(r.errors for r in windows)
+        print(f"| {mode} | {rate:,.0f} | {rate / base:.3f} | {p50:.2f} | {p99:.2f} | {errors} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
