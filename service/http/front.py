@@ -23,6 +23,7 @@ from service.http.admission import AdmissionGate, DrainSwitch
 from service.http.asgi import send_response
 from service.http.inference import InferenceRoute, RequestCounter, RouteSettings, request_id_of, send_error
 from service.http.predict import PredictRoute, predict_path
+from service.http.repository_routes import RepositoryRoutes, RepositorySettings
 from service.http.v2 import Handler, V2InferRoute
 from service.http.worker_client import ModelWorkers, keep_connected
 from service.worker_states import WorkerStates
@@ -46,6 +47,7 @@ class ServingPlan:
     gates: dict[str, AdmissionGate]
     drain: DrainSwitch
     states: WorkerStates
+    repository: RepositorySettings
 
 
 class FrontRouter:
@@ -64,6 +66,7 @@ class FrontRouter:
         self.routes: dict[str, Handler] = {
             **{predict_path(s.model): route(PredictRoute, s) for s in plan.routes},
             **v2.routes(plan.routes, v2_infer, plan.states.model_ready, self.ready, hookserve_version()),
+            **RepositoryRoutes(plan.repository, plan.states).table(),  # Triton's /v2/repository/...
             "/health": self.health,
             "/": self.index,
         }
