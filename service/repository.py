@@ -125,7 +125,7 @@ def read_model(folder: Path) -> RepositoryModel:
         raise RepositoryError(
             f"{model_file}: versions must be latest, all or a list of version numbers: {exc}"
         ) from exc
-    base = _resolve_checkpoint(keys, folder)
+    base = _resolve_paths(keys, folder)
     _validated(model_file, {**base, "name": folder.name})  # its own errors name model.yaml
     versions = {}
     for child in sorted(folder.iterdir()):
@@ -148,7 +148,7 @@ def _read_version(folder: Path, name: str, base: dict[str, Any]) -> ModelServeCo
     own: dict[str, Any] = {}
     if override_file.is_file():
         own = _read_keys(override_file, allowed=_MODEL_KEYS, forbidden=FOLDER_KEYS | REPOSITORY_KEYS)
-        own = _resolve_checkpoint(own, folder)
+        own = _resolve_paths(own, folder)
     weights = folder / WEIGHTS_FILE
     if weights.is_file():
         if "checkpoint" in own:
@@ -222,11 +222,18 @@ def _read_keys(path: Path, allowed: frozenset[str], forbidden: frozenset[str] | 
     return raw
 
 
-def _resolve_checkpoint(keys: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """A relative ``checkpoint`` in a model.yaml is relative to that file's folder."""
+def _resolve_paths(keys: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Relative paths in a model.yaml (``checkpoint``, ``monitoring.drift.reference``) are relative to
+    that file's folder, so a repository can be moved as a whole."""
+    keys = dict(keys)
     checkpoint = keys.get("checkpoint")
     if isinstance(checkpoint, str) and not Path(checkpoint).is_absolute():
-        return {**keys, "checkpoint": folder / checkpoint}
+        keys["checkpoint"] = folder / checkpoint
+    monitoring = keys.get("monitoring")
+    drift = monitoring.get("drift") if isinstance(monitoring, dict) else None
+    reference = drift.get("reference") if isinstance(drift, dict) else None
+    if isinstance(reference, str) and not Path(reference).is_absolute():
+        keys["monitoring"] = {**monitoring, "drift": {**drift, "reference": folder / reference}}
     return keys
 
 

@@ -66,6 +66,17 @@ def test_a_versions_weights_become_its_checkpoint_else_the_models(tmp_path: Path
     assert model.versions[2].checkpoint == folder / "2" / "model.safetensors"
 
 
+def test_relative_paths_in_a_model_yaml_are_relative_to_its_folder(tmp_path: Path) -> None:
+    folder = model_folder(tmp_path, "digits-cnn", {"checkpoint": "/abs/weights.safetensors"}, versions=(1, 2))
+    drift = {"monitoring": {"drift": {"reference": "model.reference.safetensors", "window_batches": 4}}}
+    (folder / "2" / "model.yaml").write_text(yaml.safe_dump(drift))
+    model = scan_repository(tmp_path).models["digits-cnn"]
+    assert model.versions[1].checkpoint == Path("/abs/weights.safetensors")
+    assert model.versions[1].monitoring.drift.reference is None
+    assert model.versions[2].monitoring.drift.reference == folder / "2" / "model.reference.safetensors"
+    assert model.versions[2].monitoring.drift.window_batches == 4
+
+
 def test_a_version_setting_checkpoint_beside_its_own_weights_is_an_error(tmp_path: Path) -> None:
     folder = model_folder(tmp_path, "digits-cnn", versions=(1,))
     (folder / "1" / "model.yaml").write_text("checkpoint: other.safetensors\n")
