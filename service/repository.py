@@ -2,7 +2,7 @@
 
 The layout is fixed, because users and tools write it::
 
-    REPO/<model>/model.yaml                     # the keys of a `models:` entry (+ `versions`); no `name`
+    REPO/<model>/model.yaml                     # the keys of a `models:` entry, + `versions`; `name` optional
     REPO/<model>/<version>/                     # a version: a folder named by a positive integer
     REPO/<model>/<version>/model.yaml           # optional: keys overriding the model's for this version
     REPO/<model>/<version>/model.safetensors    # optional: this version's weights
