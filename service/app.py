@@ -15,10 +15,12 @@ from service.http.front import FrontRouter, ServingPlan
 from service.http.inference import RouteSettings
 from service.http.middleware import BodySizeLimitMiddleware
 from service.http.openapi import document_predict_routes
+from service.http.repository_routes import RepositorySettings
 from service.http.routes import ServedModels, add_routes
 from service.litserve_compat import CompatLitServer
 from service.model_loading import describe_model
 from service.monitoring.metrics import REJECTED, WORKERS_READY
+from service.repository import ModelRepository, catalog
 from service.supervisor import Supervisor
 from service.tracing.settings import resolve as resolve_tracing
 from service.worker.runtime import check_device_request
@@ -37,8 +39,12 @@ class Server:
     supervisor: Supervisor
 
 
-def build_server(config: HookserveConfig) -> Server:
-    """Everything validated: a bad model, checkpoint or device fails here, before any process starts."""
+def build_server(config: HookserveConfig, repository: ModelRepository | None = None) -> Server:
+    """Everything validated: a bad model, checkpoint or device fails here, before any process starts.
+
+    ``config.models`` are the models served from start (``repository.resolve_models`` adds the
+    repository's); ``repository`` is what ``/v2/repository/index`` lists besides them.
+    """
     api_key = config.server.auth.api_key()
     states = WorkerStates({m.name: m.workers for m in config.models})
     tracing = resolve_tracing(config.server.tracing)
@@ -65,7 +71,22 @@ def build_server(config: HookserveConfig) -> Server:
             REJECTED.labels(model_cfg.name, reason)
         WORKERS_READY.labels(model_cfg.name).set(0)  # the main process's 0 keeps the series when none is
 
-    plan = ServingPlan(routes=routes, gates=gates, drain=DrainSwitch(), states=states, tracing=tracing)
+    admin_key = config.server.auth.admin_key()
+    repository_settings = RepositorySettings(
+        catalog=catalog(config, repository),
+        model_control=config.server.model_control,
+        admin_key=admin_key.encode() if admin_key else None,
+        api_key=api_key.encode() if api_key else None,
+        max_body_bytes=config.server.max_payload_bytes,
+    )
+    plan = ServingPlan(
+        routes=routes,
+        gates=gates,
+        drain=DrainSwitch(),
+        states=states,
+        repository=repository_settings,
+        tracing=tracing,
+    )
     litserver = CompatLitServer(
         [(worker, worker.config.route) for worker in workers],
         accelerator="cpu",  # each ModelWorker places itself on its configured device

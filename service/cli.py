@@ -35,14 +35,16 @@ def _serve(args: argparse.Namespace) -> int:
 def _run_server(args: argparse.Namespace) -> int:
     from service.config import load_config
     from service.logs import configure_logging
+    from service.repository import resolve_models
 
     try:
-        config = load_config(args.config)
+        config = load_config(_config_path(args), server_overrides=_server_overrides(args))
+        configure_logging(config.server.log_level)  # before the repository scan, which logs what it skips
+        config, repository = resolve_models(config)
     except (ValueError, OSError) as exc:
-        print(f"invalid config {args.config}:\n{exc}", file=sys.stderr)
+        print(f"invalid config {_config_path(args) or 'defaults'}:\n{exc}", file=sys.stderr)
         return 2
     server_cfg = config.server
-    configure_logging(server_cfg.log_level)
     host = args.host or server_cfg.host
     port = args.port or server_cfg.port
     server = None
@@ -51,7 +53,7 @@ def _run_server(args: argparse.Namespace) -> int:
         from service.lifecycle import GracefulShutdown
         from service.orphans import forked_children_die_with_parent
 
-        server = build_server(config)
+        server = build_server(config, repository)
         forked_children_die_with_parent()
         shutdown = GracefulShutdown(
             server.plan.drain,
@@ -106,28 +108,72 @@ def _models(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     from service.config import load_config
+    from service.repository import resolve_models
 
     try:
-        config = load_config(args.config)
+        config, _ = resolve_models(load_config(_config_path(args), server_overrides=_server_overrides(args)))
     except (ValueError, OSError) as exc:
-        print(f"invalid config {args.config}:\n{exc}", file=sys.stderr)
+        print(f"invalid config {_config_path(args) or 'defaults'}:\n{exc}", file=sys.stderr)
         return 2
-    print(json.dumps(config.model_dump(mode="json"), indent=2))
+    print(json.dumps(config.model_dump(mode="json"), indent=2))  # with the repository's models
     return 0
+
+
+def _config_path(args: argparse.Namespace) -> Path | None:
+    """``--config``; else the shipped default, unless a repository is given (then server defaults only)."""
+    if args.config is not None:
+        return args.config
+    return None if args.model_repository is not None else DEFAULT_CONFIG
+
+
+def _server_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The ``server:`` keys the command line sets; they win over the config file and the environment."""
+    overrides: dict[str, object] = {}
+    if args.model_repository is not None:
+        overrides["model_repository"] = str(args.model_repository)
+    if args.model_control is not None:
+        overrides["model_control"] = args.model_control
+    if args.load_model:
+        overrides["load_models"] = list(args.load_model)
+    return overrides
+
+
+def _add_repository_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model-repository",
+        type=Path,
+        default=None,
+        help="model repository folder (server.model_repository); without --config, only its models serve",
+    )
+    parser.add_argument(
+        "--model-control",
+        choices=["none", "explicit"],
+        default=None,
+        help="none: every repository model loads at start; explicit: only --load-model ones",
+    )
+    parser.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --model-control explicit: a model to load at start ('*' = all); repeatable",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hookserve", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve the models of a config over HTTP")
-    serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    serve.add_argument("--config", type=Path, default=None, help=f"default: {DEFAULT_CONFIG.name}")
     serve.add_argument("--host", choices=["127.0.0.1", "0.0.0.0", "::"], default=None)
     serve.add_argument("--port", type=int, default=None)
+    _add_repository_options(serve)
     serve.set_defaults(run=_serve)
     models = commands.add_parser("models", help="list the registered models")
     models.set_defaults(run=_models)
     check = commands.add_parser("check-config", help="validate a config and print it with defaults filled in")
-    check.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    check.add_argument("--config", type=Path, default=None, help=f"default: {DEFAULT_CONFIG.name}")
+    _add_repository_options(check)
     check.set_defaults(run=_check_config)
     return parser
 

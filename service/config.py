@@ -38,12 +38,24 @@ class AuthConfig(_Strict):
     api_key_env: str | None = Field(
         default=None, description="Environment variable holding the API key; unset or empty disables auth."
     )
+    admin_key_env: str | None = Field(
+        default=None,
+        description="Environment variable holding the admin key, the only key that opens /v2/repository/*.",
+    )
     protect_metrics: bool = Field(default=False, description="Require the key for /metrics too.")
 
     def api_key(self) -> str | None:
-        if not self.api_key_env:
-            return None
-        return os.environ.get(self.api_key_env) or None
+        return _secret(self.api_key_env)
+
+    def admin_key(self) -> str | None:
+        return _secret(self.admin_key_env)
+
+
+def _secret(variable: str | None) -> str | None:
+    """The value of environment variable ``variable``; None when unnamed, unset or empty."""
+    if not variable:
+        return None
+    return os.environ.get(variable) or None
 
 
 class RestartPolicy(_Strict):
@@ -77,6 +89,25 @@ class ServerConfig(_Strict):
     auth: AuthConfig = AuthConfig()
     worker_restarts: RestartPolicy = RestartPolicy()
     tracing: TracingConfig = TracingConfig()
+    model_repository: Path | None = Field(
+        default=None, description="A model repository folder (docs/operate.md), read at start-up."
+    )
+    model_control: Literal["none", "explicit"] = Field(
+        default="none",
+        description="Triton's names. none: every repository model loads at start; explicit: load_models do.",
+    )
+    load_models: list[str] = Field(
+        default_factory=list,
+        description="With model_control explicit: the models loaded at start; ['*'] = all.",
+    )
+
+    @model_validator(mode="after")
+    def _model_control_fits(self) -> ServerConfig:
+        if self.model_control == "explicit" and self.model_repository is None:
+            raise ValueError("model_control explicit needs a model_repository to load models from")
+        if self.load_models and self.model_control != "explicit":
+            raise ValueError("load_models is used only with model_control explicit (with none, all load)")
+        return self
 
 
 class ModelServeConfig(_Strict):
@@ -129,7 +160,15 @@ class ModelServeConfig(_Strict):
 
 class HookserveConfig(_Strict):
     server: ServerConfig = ServerConfig()
-    models: list[ModelServeConfig] = Field(min_length=1)
+    models: list[ModelServeConfig] = Field(
+        default_factory=list, description="Models served besides the repository's; may be empty with one."
+    )
+
+    @model_validator(mode="after")
+    def _some_models(self) -> HookserveConfig:
+        if not self.models and self.server.model_repository is None:
+            raise ValueError("no models: list at least one under models:, or set server.model_repository")
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> HookserveConfig:
@@ -171,10 +210,20 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict
     return raw
 
 
-def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> HookserveConfig:
-    """Read, override from the environment, and validate a config file."""
-    raw = yaml.safe_load(Path(path).read_text()) or {}
+def load_config(
+    path: str | Path | None,
+    environ: Mapping[str, str] | None = None,
+    server_overrides: Mapping[str, Any] | None = None,
+) -> HookserveConfig:
+    """Read (no ``path``: every default), override from the environment, then from ``server_overrides``
+    (the command line), and validate."""
+    raw = (yaml.safe_load(Path(path).read_text()) or {}) if path is not None else {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: the top level must be a mapping")
     raw = apply_env_overrides(raw, os.environ if environ is None else environ)
+    if server_overrides:
+        server = raw.setdefault("server", {})
+        if not isinstance(server, dict):
+            raise ValueError(f"{path}: server must be a mapping")
+        server.update(server_overrides)
     return HookserveConfig.model_validate(raw)

@@ -64,3 +64,69 @@ def test_model_names_must_be_unique() -> None:
 def test_at_least_one_model_is_required() -> None:
     with pytest.raises(ValidationError):
         HookserveConfig.model_validate({"models": []})
+
+
+# -- the model repository's server keys, the admin key, and the command line over the file
+def test_models_may_be_omitted_when_a_repository_is_given(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, {"server": {"model_repository": str(tmp_path)}}), environ={})
+    assert config.models == [] and config.server.model_repository == tmp_path
+    assert config.server.model_control == "none" and config.server.load_models == []
+    with pytest.raises(ValidationError, match="no models"):
+        load_config(write(tmp_path, {"server": {"port": 9000}}), environ={})
+
+
+def test_model_control_explicit_needs_a_repository_and_load_models_needs_explicit(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="model_control explicit needs a model_repository"):
+        HookserveConfig.model_validate({"server": {"model_control": "explicit"}, "models": [{"name": "m"}]})
+    with pytest.raises(ValidationError, match="load_models is used only with model_control explicit"):
+        HookserveConfig.model_validate({"server": {"model_repository": "r", "load_models": ["m"]}})
+    with pytest.raises(ValidationError, match="model_control"):
+        HookserveConfig.model_validate({"server": {"model_repository": "r", "model_control": "poll"}})
+
+
+def test_admin_key_comes_from_its_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = HookserveConfig.model_validate(
+        {"server": {"auth": {"api_key_env": "T_API", "admin_key_env": "T_ADMIN"}}, "models": [{"name": "m"}]}
+    )
+    monkeypatch.setenv("T_API", "inference-key")
+    monkeypatch.setenv("T_ADMIN", "")
+    assert config.server.auth.api_key() == "inference-key" and config.server.auth.admin_key() is None
+    monkeypatch.setenv("T_ADMIN", "admin-key")
+    assert config.server.auth.admin_key() == "admin-key"
+
+
+def test_command_line_server_keys_win_over_the_file_and_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, {"server": {"model_repository": "from-file"}, "models": [{"name": "digits-cnn"}]})
+    env = {"HOOKSERVE_SERVER__MODEL_REPOSITORY": "from-env"}
+    assert load_config(path, environ=env).server.model_repository == Path("from-env")
+    overrides = {"model_repository": "from-cli", "model_control": "explicit", "load_models": ["a", "b"]}
+    config = load_config(path, environ=env, server_overrides=overrides)
+    assert config.server.model_repository == Path("from-cli")
+    assert (config.server.model_control, config.server.load_models) == ("explicit", ["a", "b"])
+
+
+def test_cli_repository_options_become_server_overrides() -> None:
+    from service.cli import DEFAULT_CONFIG, _config_path, _server_overrides, build_parser
+
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--model-repository",
+            "repo",
+            "--model-control",
+            "explicit",
+            "--load-model",
+            "a",
+            "--load-model",
+            "b",
+        ]
+    )
+    assert _server_overrides(args) == {
+        "model_repository": "repo",
+        "model_control": "explicit",
+        "load_models": ["a", "b"],
+    }
+    assert _config_path(args) is None  # a repository without --config: server defaults, no shipped models
+    plain = build_parser().parse_args(["serve"])
+    assert _server_overrides(plain) == {} and _config_path(plain) == DEFAULT_CONFIG
+    assert load_config(None, environ={}, server_overrides=_server_overrides(args)).models == []

@@ -24,6 +24,7 @@ from service.http.admission import AdmissionGate, DrainSwitch
 from service.http.asgi import send_response
 from service.http.inference import InferenceRoute, RequestCounter, RouteSettings, request_id_of, send_error
 from service.http.predict import PredictRoute, predict_path
+from service.http.repository_routes import RepositoryRoutes, RepositorySettings
 from service.http.v2 import Handler, V2InferRoute
 from service.http.worker_client import ModelWorkers, keep_connected
 from service.tracing.settings import TracingSettings
@@ -48,6 +49,7 @@ class ServingPlan:
     gates: dict[str, AdmissionGate]
     drain: DrainSwitch
     states: WorkerStates
+    repository: RepositorySettings
     tracing: TracingSettings | None = None
 
 
@@ -69,6 +71,7 @@ class FrontRouter:
         self.routes: dict[str, Handler] = {
             **predict,
             **v2.routes(plan.routes, v2_infer, plan.states.model_ready, self.ready, hookserve_version()),
+            **RepositoryRoutes(plan.repository, plan.states).table(),  # Triton's /v2/repository/...
             "/health": self.health,
             "/": self.index,
         }

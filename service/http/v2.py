@@ -24,7 +24,7 @@ from service.messages import PROBABILITIES_F32
 
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 ACCEPTED_TYPES = (b"application/json", b"application/octet-stream")
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
 
 
 def model_paths(model: str, version: str) -> list[str]:

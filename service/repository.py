@@ -1,0 +1,255 @@
+"""The model repository: a folder of models and their numbered versions, read once at start-up.
+
+The layout is fixed, because users and tools write it::
+
+    REPO/<model>/model.yaml                     # the keys of a `models:` entry, + `versions`; `name` optional
+    REPO/<model>/<version>/                     # a version: a folder named by a positive integer
+    REPO/<model>/<version>/model.yaml           # optional: keys overriding the model's for this version
+    REPO/<model>/<version>/model.safetensors    # optional: this version's weights
+
+Every version folder becomes a validated :class:`ModelServeConfig` whose ``version`` is the folder's
+number; a version's ``model.safetensors`` becomes its ``checkpoint`` (read later by
+``models.checkpoint``, which never unpickles). Everything wrong with the repository is a
+:class:`RepositoryError` naming the file or folder, raised before anything starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import PositiveInt, TypeAdapter, ValidationError
+
+from service.config import HookserveConfig, ModelServeConfig, ServerConfig
+
+logger = logging.getLogger(__name__)
+MODEL_FILE = "model.yaml"
+WEIGHTS_FILE = "model.safetensors"
+_VERSION_FOLDER = re.compile(r"^[1-9][0-9]*$")  # no leading zeros: "01" and "1" would be one version
+_MODEL_KEYS = frozenset(ModelServeConfig.model_fields)  # the keys of a models: entry
+REPOSITORY_KEYS = frozenset({"versions"})  # keys of a model's model.yaml that are not a models: entry's
+FOLDER_KEYS = frozenset({"name", "version"})  # set by the folder names, not by any model.yaml
+VersionPolicy = Literal["latest", "all"] | list[PositiveInt]
+_POLICY = TypeAdapter(VersionPolicy)
+
+
+class RepositoryError(ValueError):
+    """The repository cannot be served as it is; the message names the file or folder."""
+
+
+@dataclass(frozen=True)
+class RepositoryModel:
+    """One model folder: every version folder as a validated config, and which versions to serve."""
+
+    name: str
+    path: Path
+    versions: dict[int, ModelServeConfig]
+    policy: VersionPolicy = "latest"
+
+    def selected_versions(self) -> list[int]:
+        """The versions ``policy`` names, highest last: ``latest``, ``all`` or an explicit list."""
+        available = sorted(self.versions)
+        if self.policy == "latest":
+            return available[-1:]
+        if self.policy == "all":
+            return available
+        missing = sorted(set(self.policy) - set(available))
+        if missing:
+            raise RepositoryError(
+                f"{self.path / MODEL_FILE}: versions {missing} have no version folder; found {available}"
+            )
+        return sorted(set(self.policy))
+
+    def served_version(self) -> int:
+        """The one version served. The only place that limits a model to one version (see below)."""
+        selected = self.selected_versions()
+        if self.policy == "all" or len(selected) > 1:
+            raise RepositoryError(
+                f"{self.path / MODEL_FILE}: versions: {self.policy!r} asks for several versions of "
+                f"{self.name!r} at once, which is not supported yet; use `versions: latest` or a list of one"
+            )
+        return selected[0]
+
+    def served_config(self) -> ModelServeConfig:
+        return self.versions[self.served_version()]
+
+
+@dataclass(frozen=True)
+class ModelRepository:
+    path: Path
+    models: dict[str, RepositoryModel]
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """A model the server knows: served from start (``loaded``) or only present in the repository."""
+
+    name: str
+    version: str
+    loaded: bool
+
+
+def scan_repository(path: str | Path) -> ModelRepository:
+    """Read and validate every model folder under ``path`` (without loading any weights)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise RepositoryError(f"model repository {str(root)!r} is not a folder")
+    models = {}
+    for folder in sorted(root.iterdir()):
+        if not folder.is_dir():
+            continue
+        if folder.name.startswith("."):
+            logger.info("model repository: ignoring hidden folder %s", folder)
+            continue
+        models[folder.name] = read_model(folder)
+    return ModelRepository(root, models)
+
+
+def read_model(folder: Path) -> RepositoryModel:
+    """One ``REPO/<model>/`` folder: its model.yaml, and every version folder validated against it."""
+    model_file = folder / MODEL_FILE
+    if not model_file.is_file():
+        raise RepositoryError(f"model folder {str(folder)!r} has no {MODEL_FILE}")
+    keys = _read_keys(model_file, allowed=_MODEL_KEYS | REPOSITORY_KEYS, forbidden={"version"})
+    given_name = keys.pop("name", folder.name)
+    if given_name != folder.name:
+        raise RepositoryError(f"{model_file}: name {given_name!r} differs from its folder {folder.name!r}")
+    try:
+        policy = _POLICY.validate_python(keys.pop("versions", "latest"))
+    except ValidationError as exc:
+        raise RepositoryError(
+            f"{model_file}: versions must be latest, all or a list of version numbers: {exc}"
+        ) from exc
+    base = _resolve_paths(keys, folder)
+    _validated(model_file, {**base, "name": folder.name})  # its own errors name model.yaml
+    versions = {}
+    for child in sorted(folder.iterdir()):
+        if not child.is_dir():
+            continue
+        if not _VERSION_FOLDER.match(child.name):
+            logger.info("model repository: ignoring %s (version folders are positive integers)", child)
+            continue
+        versions[int(child.name)] = _read_version(child, folder.name, base)
+    if not versions:
+        raise RepositoryError(
+            f"model folder {str(folder)!r} has no version folder (e.g. {str(folder / '1')!r})"
+        )
+    return RepositoryModel(folder.name, folder, versions, policy)
+
+
+def _read_version(folder: Path, name: str, base: dict[str, Any]) -> ModelServeConfig:
+    """A version's config: the model's keys, its own model.yaml over them, its weights if it has any."""
+    override_file = folder / MODEL_FILE
+    own: dict[str, Any] = {}
+    if override_file.is_file():
+        own = _read_keys(override_file, allowed=_MODEL_KEYS, forbidden=FOLDER_KEYS | REPOSITORY_KEYS)
+        own = _resolve_paths(own, folder)
+    weights = folder / WEIGHTS_FILE
+    if weights.is_file():
+        if "checkpoint" in own:
+            raise RepositoryError(
+                f"{override_file}: sets checkpoint, but {weights} is this version's weights; keep one"
+            )
+        own["checkpoint"] = weights
+    merged = _merged(base, own)
+    where = override_file if override_file.is_file() else folder
+    return _validated(where, {**merged, "name": name, "version": folder.name})
+
+
+def served_models(server: ServerConfig, repository: ModelRepository) -> list[str]:
+    """The repository models loaded at start: all with model_control none, else ``load_models``."""
+    if server.model_control == "none" or "*" in server.load_models:
+        return sorted(repository.models)
+    unknown = sorted(set(server.load_models) - set(repository.models))
+    if unknown:
+        raise RepositoryError(
+            f"load_models names {unknown}, which the repository {str(repository.path)!r} does not hold; "
+            f"it holds {sorted(repository.models)}"
+        )
+    return sorted(set(server.load_models))
+
+
+def resolve_models(config: HookserveConfig) -> tuple[HookserveConfig, ModelRepository | None]:
+    """``config`` with the repository's start-up models added to ``models:``, and the repository read."""
+    if config.server.model_repository is None:
+        return config, None
+    repository = scan_repository(config.server.model_repository)
+    both = sorted({m.name for m in config.models} & set(repository.models))
+    if both:
+        raise RepositoryError(
+            f"models {both} are both under models: and in the repository {str(repository.path)!r}; "
+            "keep each model in one place"
+        )
+    for model in repository.models.values():
+        model.served_version()  # every model's version choice is checked now, loaded at start or not
+    loaded = [repository.models[name].served_config() for name in served_models(config.server, repository)]
+    if not config.models and not loaded:
+        raise RepositoryError(
+            "nothing to serve at start: no models: entries and no repository model loads at start "
+            "(with model_control explicit, name some in load_models; live loading is not built yet)"
+        )
+    return HookserveConfig(server=config.server, models=[*config.models, *loaded]), repository
+
+
+def catalog(config: HookserveConfig, repository: ModelRepository | None) -> list[CatalogEntry]:
+    """Every model the server knows, by name: the served ones, and the repository's others."""
+    entries = {m.name: CatalogEntry(m.name, m.version, True) for m in config.models}
+    for name, model in (repository.models if repository else {}).items():
+        if name not in entries:
+            entries[name] = CatalogEntry(name, str(model.served_version()), False)
+    return [entries[name] for name in sorted(entries)]
+
+
+# -- reading and merging model.yaml files
+def _read_keys(path: Path, allowed: frozenset[str], forbidden: frozenset[str] | set[str]) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
+        raise RepositoryError(f"{path}: not readable YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise RepositoryError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    misplaced = sorted(set(raw) & set(forbidden))
+    if misplaced:
+        raise RepositoryError(f"{path}: {misplaced} cannot be set here: the folder names set them")
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise RepositoryError(f"{path}: unknown keys {unknown}; allowed: {sorted(allowed - set(forbidden))}")
+    return raw
+
+
+def _resolve_paths(keys: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Relative paths in a model.yaml (``checkpoint``, ``monitoring.drift.reference``) are relative to
+    that file's folder, so a repository can be moved as a whole."""
+    keys = dict(keys)
+    checkpoint = keys.get("checkpoint")
+    if isinstance(checkpoint, str) and not Path(checkpoint).is_absolute():
+        keys["checkpoint"] = folder / checkpoint
+    monitoring = keys.get("monitoring")
+    drift = monitoring.get("drift") if isinstance(monitoring, dict) else None
+    reference = drift.get("reference") if isinstance(drift, dict) else None
+    if isinstance(reference, str) and not Path(reference).is_absolute():
+        keys["monitoring"] = {**monitoring, "drift": {**drift, "reference": folder / reference}}
+    return keys
+
+
+def _merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base``; mappings (``monitoring``, ``overrides``) merge key by key."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _validated(where: Path, keys: dict[str, Any]) -> ModelServeConfig:
+    try:
+        return ModelServeConfig.model_validate(keys)
+    except ValidationError as exc:
+        raise RepositoryError(f"{where}: {exc}") from exc
