@@ -1,7 +1,7 @@
 """The monitoring stack against a live hookserve: the metrics that dashboards and alerts use are exported,
 and a real Prometheus with this repository's config and rules scrapes them.
 
-Needs ``prometheus`` and ``promtool`` (scripts/install_prometheus.sh); missing, these tests fail.
+Needs ``prometheus`` and ``promtool`` (``scripts/install_debian.sh prometheus``); missing, these tests fail.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def prometheus(live_server: str, tmp_path_factory: pytest.TempPathFactory) -> It
     """A Prometheus on 127.0.0.1 scraping the live server every second; yields its base URL."""
     binary = shutil.which("prometheus")
     if binary is None:
-        pytest.fail("prometheus not found: run scripts/install_prometheus.sh (Debian package prometheus)")
+        pytest.fail("prometheus not found: run scripts/install_debian.sh prometheus")
     target = urlparse(live_server)
     assert target.hostname == "127.0.0.1", "scrape only the local test server"
     work = tmp_path_factory.mktemp("prometheus")
