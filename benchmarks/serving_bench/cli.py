@@ -43,7 +43,10 @@ def write_outputs(bench: Bench, meta: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="hookserve serving benchmark (see the module docstring)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.serving_bench",
+        description="hookserve serving benchmark (see the package docstring)",
+    )
     parser.add_argument("--model", default="digits-cnn")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads: limit, hookserve worker, peer")
@@ -132,4 +135,3 @@ def main(argv: list[str] | None = None) -> int:
 
 def _ints(text: str | None) -> tuple[int, ...] | None:
     return tuple(int(v) for v in text.split(",")) if text else None
-
