@@ -10,7 +10,7 @@ import random
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlparse
 
 import pytest
@@ -143,16 +143,22 @@ def query(prometheus: str, promql: str) -> list[dict]:
     return response.json()["data"]["result"]
 
 
-def wait_for_series(prometheus: str, promql: str, live_server: str) -> list[dict]:
-    """Poll ``promql`` (sending traffic meanwhile) until it returns series, for at most 30 s."""
+def wait_for_series(
+    prometheus: str, promql: str, live_server: str, until: Callable[[list[dict]], bool] = bool
+) -> list[dict]:
+    """Poll ``promql`` (sending traffic meanwhile) until ``until(result)`` holds (by default: any series),
+    for at most 30 s; the last result when time runs out."""
     specs, rng = model_specs(live_server), random.Random(1)
     deadline = time.monotonic() + PROMETHEUS_WAIT_S
+    result: list[dict] = []
     while time.monotonic() < deadline:
-        if result := query(prometheus, promql):
+        if until(result := query(prometheus, promql)):
             return result
         send_traffic(live_server, specs, rounds=2, rng=rng)
         time.sleep(0.5)
-    pytest.fail(f"no series for {promql} after {PROMETHEUS_WAIT_S} s")
+    if not result:
+        pytest.fail(f"no series for {promql} after {PROMETHEUS_WAIT_S} s")
+    return result
 
 
 def test_prometheus_scrapes_the_live_server(prometheus: str, live_server: str) -> None:
@@ -166,15 +172,29 @@ def test_prometheus_sees_request_series_for_every_model(prometheus: str, live_se
     assert {series["metric"]["model"] for series in result} == served
 
 
-def test_prometheus_sees_per_module_series(prometheus: str, live_server: str) -> None:
-    result = wait_for_series(
-        prometheus, "count by (model, module) (hookserve_module_forward_seconds_count)", live_server
-    )
-    modules_per_model: dict[str, set[str]] = {}
+def modules_by_model(result: list[dict]) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
     for series in result:
-        modules_per_model.setdefault(series["metric"]["model"], set()).add(series["metric"]["module"])
-    assert all(modules for modules in modules_per_model.values())
-    assert set(modules_per_model) <= {spec.name for spec in model_specs(live_server)}
+        found.setdefault(series["metric"]["model"], set()).add(series["metric"]["module"])
+    return found
+
+
+def test_prometheus_sees_per_module_series(prometheus: str, live_server: str) -> None:
+    """Every served model's monitored modules, as its metadata lists them, each with its own series."""
+    monitored = {
+        spec.name: set(
+            requests.get(f"{live_server}/v1/models/{spec.name}", timeout=10).json()["monitoring"]["modules"]
+        )
+        for spec in model_specs(live_server)
+    }
+    assert all(monitored.values()), monitored  # the default config monitors every model
+    result = wait_for_series(
+        prometheus,
+        "count by (model, module) (hookserve_module_forward_seconds_count)",
+        live_server,
+        until=lambda result: modules_by_model(result) == monitored,
+    )
+    assert modules_by_model(result) == monitored
 
 
 def test_alert_rules_evaluate_against_live_data(prometheus: str, live_server: str) -> None:
