@@ -18,7 +18,7 @@ What the balancer does (``haproxy_config``), and why:
   What is not retried: a request whose answer had started when the replica died, and a body larger than
   HAProxy's buffer (16 kB by default; raise ``tune.bufsize`` for larger ones).
 
-Needs ``haproxy`` (scripts/install_haproxy.sh) and ``prometheus`` (scripts/install_prometheus.sh).
+Needs ``haproxy`` and ``prometheus`` (``scripts/install_debian.sh haproxy prometheus``).
 tests/test_replicas_live.py runs a rolling restart and a SIGKILL under load through this stack.
 """
 
@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.servers import REPO_ROOT, ServerProcess, free_port, http_get, read_log
+from benchmarks.servers import REPO_ROOT, ServerProcess, free_port, http_get, read_log, start_hookserve
 
 ALERT_RULES = REPO_ROOT / "configs" / "prometheus" / "alerts.yml"
 BACKEND = "hookserve"
@@ -177,31 +177,12 @@ class ReplicaStack:
         return [f"127.0.0.1:{self.ports[name]}" for name in self.names]
 
     # --- replicas ------------------------------------------------------------------------------------
-    def _replica(self, name: str) -> ServerProcess:
-        port = self.ports[name]
-        config = dict(self.config)
-        config["server"] = {**config.get("server", {}), "host": "127.0.0.1", "port": port}
-        config_path = self.workdir / f"{name}.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        command = [
-            sys.executable,
-            "-m",
-            "service",
-            "serve",
-            "--config",
-            str(config_path),
-            "--port",
-            str(port),
-        ]
-        model = (config.get("models") or [{}])[0].get("name", "")
+    def start_replica(self, name: str, wait: bool = True) -> ServerProcess:
+        """Start replica ``name`` on its own port (the same on every restart, so HAProxy finds it)."""
         log_path = self.workdir / f"{name}.log"
         with contextlib.suppress(FileNotFoundError):  # keep the log of an earlier run of this replica
             log_path.rename(log_path.with_suffix(f".{int(time.time() * 1000)}.log"))
-        return ServerProcess(name, command, port, log_path, model)
-
-    def start_replica(self, name: str, wait: bool = True) -> ServerProcess:
-        server = self._replica(name)
-        server.start()
+        server = start_hookserve(name, self.config, self.workdir, port=self.ports[name])
         self.replicas[name] = server
         if wait and not server.wait_ready(STARTUP_TIMEOUT_S):
             raise RuntimeError(f"replica {name} did not become ready: {server.failure}")
@@ -259,7 +240,7 @@ class ReplicaStack:
         raise RuntimeError(f"HAProxy did not mark {name} {status} within {timeout_s:.0f} s")
 
     def _start_haproxy(self) -> None:
-        binary = require("haproxy", "scripts/install_haproxy.sh")
+        binary = require("haproxy", "scripts/install_debian.sh haproxy")
         path = self.workdir / "haproxy.cfg"
         path.write_text(haproxy_config(self.ports, self.lb_port, self.stats_port, self.socket_path))
         check = subprocess.run([binary, "-c", "-f", str(path)], capture_output=True, text=True, timeout=30)
@@ -275,7 +256,7 @@ class ReplicaStack:
 
     # --- Prometheus ----------------------------------------------------------------------------------
     def _start_prometheus(self) -> None:
-        binary = require("prometheus", "scripts/install_prometheus.sh")
+        binary = require("prometheus", "scripts/install_debian.sh prometheus")
         address = f"127.0.0.1:{self.prometheus_port}"
         targets_file = self.workdir / "targets.json"
         groups = [

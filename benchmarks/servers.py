@@ -284,11 +284,13 @@ def start_hookserve(
     config: HookserveSettings | dict[str, Any] | Path,
     workdir: Path,
     env: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> ServerProcess:
-    """Start ``python -m service serve`` on a free port with ``config``: a benchmark's settings, a config
-    dict or a config file. Its config (if written here) and log go to ``workdir`` as ``LABEL.yaml`` and
-    ``LABEL.log`` (label ``hookserve-PORT`` by default). Does not wait: call ``wait_ready``."""
-    port = free_port()
+    """Start ``python -m service serve`` on 127.0.0.1 with ``config``: a benchmark's settings, a config
+    dict or a config file. ``port``: a free one unless given (a replica restarts on its own). Its config
+    (if written here) and log go to ``workdir`` as ``LABEL.yaml`` and ``LABEL.log`` (label
+    ``hookserve-PORT`` by default). Does not wait: call ``wait_ready``."""
+    port = port or free_port()
     label = label or f"hookserve-{port}"
     if isinstance(config, HookserveSettings):
         config = config.config(port)
@@ -299,7 +301,8 @@ def start_hookserve(
         config_path = Path(config)
         config = yaml.safe_load(config_path.read_text()) or {}
     models = config.get("models") or [{}]
-    command = [sys.executable, "-m", "service", "serve", "--config", str(config_path), "--port", str(port)]
+    command = [sys.executable, "-m", "service", "serve", "--config", str(config_path)]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
     server = ServerProcess(label, command, port, workdir / f"{label}.log", models[0].get("name", ""), env)
     server.start()
     return server

@@ -196,6 +196,7 @@ def invalid_requests(spec: ModelSpec, rng: random.Random) -> list[InvalidRequest
         InvalidRequest("no instances", path, _encode({"instances": []})),
         InvalidRequest("missing instances key", path, _encode({"inputs": [good]})),
         InvalidRequest("too many instances", path, _encode({"instances": [good] * (spec.max_instances + 1)})),
+        InvalidRequest("unknown field", path, _encode({"instances": [good], "unknown_field": 1})),
         InvalidRequest("unknown model", "/v1/models/no-such-model:predict", _encode({"instances": [good]})),
     ]
     if spec.max_value is not None:
@@ -204,6 +205,27 @@ def invalid_requests(spec: ModelSpec, rng: random.Random) -> list[InvalidRequest
     if spec.min_value is not None:
         too_low = spec.min_value - 1 - abs(spec.min_value)
         cases.append(InvalidRequest("below min_value", path, with_value(too_low)))
+    return cases
+
+
+# Past Python's default recursion limit (1,000): a JSON decoder with no depth bound raises RecursionError.
+NESTING_DEPTHS = (1_100, 3_000)
+V2_JSON_HEAD = '{"inputs": [{"name": "input", "shape": [1], "datatype": "FP32", "data": '
+
+
+def deep_nesting_requests(spec: ModelSpec) -> list[InvalidRequest]:
+    """Bodies nested far deeper than any valid input can be, closed and unclosed, in V1 and V2 JSON: each
+    must get a 4xx that says so (a decoder that recurses without a bound turns them into a 500)."""
+    v1, v2 = f"/v1/models/{spec.name}:predict", f"/v2/models/{spec.name}/infer"
+    cases = []
+    for depth in NESTING_DEPTHS:
+        for closed in (True, False):
+            nested = "[" * depth + ("0" + "]" * depth if closed else "")
+            state = "closed" if closed else "unclosed"
+            v1_body = '{"instances": ' + nested + ("}" if closed else "")
+            v2_body = V2_JSON_HEAD + nested + ("}]}" if closed else "")
+            cases.append(InvalidRequest(f"V1 nested {depth} deep, {state}", v1, v1_body.encode()))
+            cases.append(InvalidRequest(f"V2 nested {depth} deep, {state}", v2, v2_body.encode()))
     return cases
 
 

@@ -3,14 +3,16 @@
 #   hookserve:cpu  /health 200, the README's prediction, /metrics, uid 10001 under tini as PID 1, a
 #                  read-only root filesystem with only /tmp writable (as in deploy/kubernetes), the image's
 #                  HEALTHCHECK, and SIGTERM: drains and exits 0 within the image's 8 s grace;
-#   hookserve-loadtests:latest  locust 2.47.0 with numpy and scikit-learn, uid 1000;
+#   hookserve-loadtests:latest  locust 2.47.0 with numpy and scikit-learn, uid 1000 (skipped, saying so, when
+#                  that image was not built: scripts/build_image.sh builds it with --loadtests or --all);
 #   the compose files, rendered by the compose engine at hand (docker compose / podman-compose config).
 #
 #   scripts/smoke_image.sh [--image hookserve:cpu] [--skip-loadtests]
 #
 # Engine: docker when a daemon answers, else podman (runc as runtime when present: crun refuses cgroups in
 # hybrid mode in some sandboxes; ulimits raised for the same sandboxes). The container shares the host's
-# network and listens on 127.0.0.1 only.
+# network and listens on 127.0.0.1 only. Exit status 0 only when every check passed; any failed check, or
+# any step that could not run, exits non-zero.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,9 +44,18 @@ check() {  # check DESCRIPTION COMMAND...
 }
 cleanup() { "${ENGINE[@]}" rm -f "$NAME" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
+# A step outside check() that fails stops the script (set -e): say which, so it is not a silent exit.
+trap 'say "FAIL  line $LINENO: $BASH_COMMAND"' ERR
+image_mb() {  # image_mb IMAGE: its size in MB; fails when the engine has no such image
+  local bytes
+  bytes=$("${ENGINE[@]}" image inspect --format '{{.Size}}' "$1" 2>/dev/null) && [ -n "$bytes" ] || return 1
+  echo $((bytes / 1000000))
+}
 
-size=$("${ENGINE[@]}" image inspect --format '{{.Size}}' "$IMAGE")
-say "engine: ${ENGINE[*]}; image $IMAGE: $((size / 1000000)) MB"
+if ! size_mb=$(image_mb "$IMAGE"); then
+  say "FAIL  no image $IMAGE for ${ENGINE[*]}: build it with scripts/build_image.sh"; exit 1
+fi
+say "engine: ${ENGINE[*]}; image $IMAGE: $size_mb MB"
 check "image has a HEALTHCHECK" test -n "$("${ENGINE[@]}" image inspect --format '{{.Config.Healthcheck}}' "$IMAGE" \
   | grep -v '<nil>')"
 
@@ -92,20 +103,24 @@ for path in glob.glob('/proc/[0-9]*/status'):
         kb += int(next(l for l in open(path) if l.startswith('VmRSS')).split()[1])
     except (OSError, StopIteration):
         pass
-print(kb // 1024)")
+print(kb // 1024)") || rss="unknown"
 say "info  resident memory of the container's processes (sum of RSS, shared pages counted per process): ${rss} MB"
 
 stop_started=$(date +%s.%N)
 "${ENGINE[@]}" kill --signal TERM "$NAME" >/dev/null
-code=$(timeout 40 "${ENGINE[@]}" wait "$NAME" | tail -n1)
+code=$(timeout 40 "${ENGINE[@]}" wait "$NAME" | tail -n1) || code="none within 40 s"
 stop_s=$(python3 -c "print(round($(date +%s.%N) - $stop_started, 1))")
 check "SIGTERM: exit code $code after ${stop_s} s (grace 8 s)" \
-  python3 -c "import sys; sys.exit(not ($code == 0 and $stop_s <= 10))"
+  python3 -c "import sys; sys.exit(not (sys.argv[1] == '0' and float(sys.argv[2]) <= 10))" "$code" "$stop_s"
 "${ENGINE[@]}" logs "$NAME" 2>&1 | tail -n 3 | sed 's/^/[smoke]       log: /'
 
-if [ "$LOADTESTS" = 1 ]; then
-  LT=hookserve-loadtests:latest
-  say "image $LT: $(( $("${ENGINE[@]}" image inspect --format '{{.Size}}' "$LT") / 1000000 )) MB"
+LT=hookserve-loadtests:latest
+if [ "$LOADTESTS" = 0 ]; then
+  say "skip  $LT: --skip-loadtests"
+elif ! lt_mb=$(image_mb "$LT"); then
+  say "skip  $LT: not built (scripts/build_image.sh --loadtests builds it)"
+else
+  say "image $LT: $lt_mb MB"
   check "locust 2.47.0" sh -c "${ENGINE[*]} run --rm --network host ${RUN_FLAGS[*]} $LT --version 2>&1 | grep -q '2.47.0'"
   check "numpy and scikit-learn as in requirements/serve.lock, uid 1000" sh -c "${ENGINE[*]} run --rm --network host \
     ${RUN_FLAGS[*]} --entrypoint python $LT -c 'import os, numpy, sklearn; print(os.getuid(), numpy.__version__, sklearn.__version__)' \

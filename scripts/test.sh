@@ -4,7 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
 bash scripts/setup.sh kserve
-bash scripts/install_prometheus.sh
-bash scripts/install_haproxy.sh
+bash scripts/install_debian.sh prometheus haproxy
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"

@@ -12,16 +12,29 @@ from benchmarks.profiling import parse_collapsed, summarize
 
 
 @pytest.mark.slow
-def test_serving_bench_main_suite_writes_its_outputs(tmp_path):
+def test_serving_bench_main_suite_measures_hookserve_and_the_peer(tmp_path):
     argv = [
-        "--suite", "main", "--servers", "peer", "--quick", "--rounds", "1", "--window", "1",
+        "--suite", "main", "--servers", "on,peer", "--quick", "--rounds", "1", "--window", "1",
         "--concurrency", "1", "--batch-sizes", "1", "--out", str(tmp_path),
     ]  # fmt: skip
     assert serving_bench.main(argv) == 0
     result = json.loads((tmp_path / "serving_digits-cnn_cpu_quick.json").read_text())
-    served = result["main"]["served"]
-    assert [(r["server"], r["concurrency"]) for r in served] == [("fastapi peer", 1)]
-    assert served[0]["errors"] == 0 and served[0]["ok_per_s"] > 0
+    main = result["main"]
+    assert main["failed"] == []
+    served = {r["server"]: r for r in main["served"]}
+    assert {(r["server"], r["concurrency"]) for r in main["served"]} == {
+        ("hookserve monitoring on", 1),
+        ("fastapi peer", 1),
+    }
+    for row in served.values():
+        assert row["errors"] == 0 and row["ok_per_s"] > 0, row
+    hookserve = served["hookserve monitoring on"]
+    # Read from hookserve's own /metrics and process tree: only a served hookserve has them.
+    assert hookserve["mean_batch"] is not None and hookserve["mean_batch"] >= 1
+    assert hookserve["cpu_ms_per_req_worker"] > 0
+    assert [w["pid"] for w in main["workers"]["hookserve monitoring on"]]
+    assert main["workers"]["fastapi peer"] == []
+    assert result["meta"]["goals"]["c1_p50_gap_ms"]["server"] == "hookserve monitoring on"
     assert (tmp_path / "serving_digits-cnn_cpu_quick.csv").exists()
     assert (tmp_path / "serving_digits-cnn_cpu_quick.png").exists()
 

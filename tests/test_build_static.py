@@ -117,7 +117,7 @@ def test_loadtests_image_runs_locust_as_uid_1000() -> None:
 
 
 @pytest.mark.parametrize(
-    "script", ["build_image.sh", "smoke_image.sh", "lock.sh", "install_haproxy.sh", "setup.sh", "test.sh"]
+    "script", ["build_image.sh", "smoke_image.sh", "lock.sh", "install_debian.sh", "setup.sh", "test.sh"]
 )
 def test_scripts_parse(script: str) -> None:
     result = subprocess.run(["bash", "-n", ROOT / "scripts" / script], capture_output=True, text=True)

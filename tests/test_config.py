@@ -26,8 +26,12 @@ def test_default_config_serves_the_shipped_models_on_cpu() -> None:
 
 
 def test_every_config_in_configs_folder_validates() -> None:
-    for path in (ROOT / "configs").glob("*.yaml"):
-        load_config(path, environ={})
+    paths = sorted((ROOT / "configs").glob("*.yaml"))
+    assert {path.name for path in paths} >= {"default.yaml", "gpu.yaml", "resnet-bench-cpu.yaml"}
+    for path in paths:
+        written = [model["name"] for model in yaml.safe_load(path.read_text())["models"]]
+        config = load_config(path, environ={})
+        assert written and [model.name for model in config.models] == written, path.name
 
 
 def test_unknown_keys_are_errors(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -136,7 +137,7 @@ def test_models_without_a_matching_data_set_get_values_in_range_and_no_expected_
 def test_invalid_requests_cover_each_client_mistake() -> None:
     cases = invalid_requests(ModelSpec.from_metadata(DIGITS_METADATA), random.Random(0))
     names = {case.case for case in cases}
-    expected = {"wrong shape", "NaN value", "infinite value", "not JSON", "above max_value"}
+    expected = {"wrong shape", "NaN value", "infinite value", "not JSON", "above max_value", "unknown field"}
     assert expected <= names
     assert len(names) == len(cases)
     by_name = {case.case: case for case in cases}
@@ -145,6 +146,27 @@ def test_invalid_requests_cover_each_client_mistake() -> None:
         json.loads(by_name["not JSON"].body)
     too_many = json.loads(by_name["too many instances"].body)
     assert len(too_many["instances"]) == 9
+    assert json.loads(by_name["unknown field"].body)["unknown_field"] == 1
+
+
+def test_deep_nesting_bodies_are_as_deep_as_they_say() -> None:
+    cases = payloads.deep_nesting_requests(ModelSpec.from_metadata(DIGITS_METADATA))
+    assert len(cases) == 2 * 2 * len(payloads.NESTING_DEPTHS)  # V1 and V2, closed and unclosed
+    assert min(payloads.NESTING_DEPTHS) > sys.getrecursionlimit()
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(payloads.NESTING_DEPTHS) + 1_000)
+    try:
+        for case in cases:
+            protocol, _, depth, _, state = case.case.replace(",", "").split()
+            assert case.path.startswith("/v1/" if protocol == "V1" else "/v2/"), case.case
+            assert max(len(run) for run in re.findall(rb"\[+", case.body)) == int(depth), case.case
+            if state == "closed":
+                json.loads(case.body)  # well-formed: only its depth is wrong
+            else:
+                with pytest.raises(json.JSONDecodeError):
+                    json.loads(case.body)
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def test_prediction_checks_catch_wrong_answers_in_form() -> None:

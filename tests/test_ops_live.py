@@ -1,7 +1,7 @@
 """The monitoring stack against a live hookserve: the metrics that dashboards and alerts use are exported,
 and a real Prometheus with this repository's config and rules scrapes them.
 
-Needs ``prometheus`` and ``promtool`` (scripts/install_prometheus.sh); missing, these tests fail.
+Needs ``prometheus`` and ``promtool`` (``scripts/install_debian.sh prometheus``); missing, these tests fail.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import random
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlparse
 
 import pytest
@@ -104,7 +104,7 @@ def prometheus(live_server: str, tmp_path_factory: pytest.TempPathFactory) -> It
     """A Prometheus on 127.0.0.1 scraping the live server every second; yields its base URL."""
     binary = shutil.which("prometheus")
     if binary is None:
-        pytest.fail("prometheus not found: run scripts/install_prometheus.sh (Debian package prometheus)")
+        pytest.fail("prometheus not found: run scripts/install_debian.sh prometheus")
     target = urlparse(live_server)
     assert target.hostname == "127.0.0.1", "scrape only the local test server"
     work = tmp_path_factory.mktemp("prometheus")
@@ -143,16 +143,22 @@ def query(prometheus: str, promql: str) -> list[dict]:
     return response.json()["data"]["result"]
 
 
-def wait_for_series(prometheus: str, promql: str, live_server: str) -> list[dict]:
-    """Poll ``promql`` (sending traffic meanwhile) until it returns series, for at most 30 s."""
+def wait_for_series(
+    prometheus: str, promql: str, live_server: str, until: Callable[[list[dict]], bool] = bool
+) -> list[dict]:
+    """Poll ``promql`` (sending traffic meanwhile) until ``until(result)`` holds (by default: any series),
+    for at most 30 s; the last result when time runs out."""
     specs, rng = model_specs(live_server), random.Random(1)
     deadline = time.monotonic() + PROMETHEUS_WAIT_S
+    result: list[dict] = []
     while time.monotonic() < deadline:
-        if result := query(prometheus, promql):
+        if until(result := query(prometheus, promql)):
             return result
         send_traffic(live_server, specs, rounds=2, rng=rng)
         time.sleep(0.5)
-    pytest.fail(f"no series for {promql} after {PROMETHEUS_WAIT_S} s")
+    if not result:
+        pytest.fail(f"no series for {promql} after {PROMETHEUS_WAIT_S} s")
+    return result
 
 
 def test_prometheus_scrapes_the_live_server(prometheus: str, live_server: str) -> None:
@@ -166,15 +172,29 @@ def test_prometheus_sees_request_series_for_every_model(prometheus: str, live_se
     assert {series["metric"]["model"] for series in result} == served
 
 
-def test_prometheus_sees_per_module_series(prometheus: str, live_server: str) -> None:
-    result = wait_for_series(
-        prometheus, "count by (model, module) (hookserve_module_forward_seconds_count)", live_server
-    )
-    modules_per_model: dict[str, set[str]] = {}
+def modules_by_model(result: list[dict]) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
     for series in result:
-        modules_per_model.setdefault(series["metric"]["model"], set()).add(series["metric"]["module"])
-    assert all(modules for modules in modules_per_model.values())
-    assert set(modules_per_model) <= {spec.name for spec in model_specs(live_server)}
+        found.setdefault(series["metric"]["model"], set()).add(series["metric"]["module"])
+    return found
+
+
+def test_prometheus_sees_per_module_series(prometheus: str, live_server: str) -> None:
+    """Every served model's monitored modules, as its metadata lists them, each with its own series."""
+    monitored = {
+        spec.name: set(
+            requests.get(f"{live_server}/v1/models/{spec.name}", timeout=10).json()["monitoring"]["modules"]
+        )
+        for spec in model_specs(live_server)
+    }
+    assert all(monitored.values()), monitored  # the default config monitors every model
+    result = wait_for_series(
+        prometheus,
+        "count by (model, module) (hookserve_module_forward_seconds_count)",
+        live_server,
+        until=lambda result: modules_by_model(result) == monitored,
+    )
+    assert modules_by_model(result) == monitored
 
 
 def test_alert_rules_evaluate_against_live_data(prometheus: str, live_server: str) -> None:

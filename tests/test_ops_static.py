@@ -1,8 +1,8 @@
 """Operations files are valid without a running stack: compose, Dockerfiles, Prometheus config, alert
 rules and their unit tests, Grafana dashboards and the metric names they rely on.
 
-Needs ``promtool`` (scripts/install_prometheus.sh); a missing promtool fails these tests, it does not
-skip them. The helpers that find metric names are shared with tests/test_ops_live.py.
+Needs ``promtool`` (``scripts/install_debian.sh prometheus``); a missing promtool fails these tests, it
+does not skip them. The helpers that find metric names are shared with tests/test_ops_live.py.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ GRAFANA_DURATIONS = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": 
 def promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
-        pytest.fail("promtool not found: run scripts/install_prometheus.sh (Debian package prometheus)")
+        pytest.fail("promtool not found: run scripts/install_debian.sh prometheus")
     return path
 
 

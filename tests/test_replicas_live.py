@@ -9,7 +9,7 @@ one Prometheus scraping both through file_sd.
 - SIGKILL of one replica under load fails at most the requests it had in flight (each client has at most
   one in flight); HAProxy retries those that got no answer at all, so usually none fail.
 
-Needs ``haproxy`` (scripts/install_haproxy.sh) and ``prometheus`` (scripts/install_prometheus.sh).
+Needs ``haproxy`` and ``prometheus`` (``scripts/install_debian.sh haproxy prometheus``).
 """
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ GOOD_DIGIT = [[0.0] * 8] * 8
         ({"inputs": [GOOD_DIGIT]}, None, 422, "instances"),
         ("this is not json", None, 422, "JSON"),
         ('{"instances": [', None, 422, "JSON"),
-        ("[1, 2, 3]", None, 422, ""),
+        ("[1, 2, 3]", None, 422, "body must be a JSON object"),
     ],
 )
 def test_bad_requests_get_a_4xx_naming_the_problem(live_server, body, headers, status, message) -> None:
