@@ -78,7 +78,10 @@ def build_server(config: HookserveConfig) -> Server:
     supervisor = Supervisor(
         states,
         config.server.worker_restarts,
-        relaunch=litserver.relaunch_worker,
+        relaunch_worker=litserver.relaunch_worker,
+        api_server_policy=config.server.api_server_restarts,
+        relaunch_api_server=litserver.relaunch_api_server,
+        on_fatal=lambda reason: _stop_for_restart(litserver, plan),
         draining=lambda: plan.drain.draining,
     )
     add_routes(litserver.app, ServedModels(config, descriptions, states), config, gates)
@@ -95,7 +98,16 @@ def _start_supervising(litserver: CompatLitServer, supervisor: Supervisor, apis:
             by_pid[supervisor.states.pid(api.model_name, worker)] = (api, worker)
     for process in litserver.worker_processes():
         api, worker = by_pid[process.pid]
-        supervisor.watch(api.model_name, worker, api, process)
+        supervisor.watch_worker(api.model_name, worker, api, process)
+    for index, process in litserver.api_server_processes().items():
+        supervisor.watch_api_server(index, process)
     supervisor.start()
-    logger.info("supervising %d inference worker(s)", len(by_pid))
+    api_pids = ", ".join(str(pid) for pid in supervisor.pids("API server").values())
+    logger.info("supervising %d inference worker(s) and API servers (pids %s)", len(by_pid), api_pids)
+
+
+def _stop_for_restart(litserver: CompatLitServer, plan: ServingPlan) -> None:
+    """API servers cannot be kept alive: refuse new requests and end run(); the command exits non-zero."""
+    plan.drain.start()
+    litserver.request_stop()
 

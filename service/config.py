@@ -46,10 +46,13 @@ class AuthConfig(_Strict):
 
 
 class RestartPolicy(_Strict):
-    """How dead inference workers are restarted (see service/supervisor.py)."""
+    """How dead processes (inference workers, API servers) are replaced (see service/supervisor.py)."""
 
     max_restarts: int = Field(
-        default=5, ge=0, description="Restarts of a worker allowed within window_s; then it stays down."
+        default=5,
+        ge=0,
+        description="Restarts of one process allowed within window_s; then a worker's model stays down, "
+        "and for an API server the whole service exits non-zero.",
     )
     window_s: float = Field(default=300.0, gt=0, description="The window max_restarts counts over.")
     backoff_initial_s: float = Field(
@@ -75,6 +78,7 @@ class ServerConfig(_Strict):
     )
     auth: AuthConfig = AuthConfig()
     worker_restarts: RestartPolicy = RestartPolicy()
+    api_server_restarts: RestartPolicy = RestartPolicy()
 
 
 class ModelServeConfig(_Strict):
