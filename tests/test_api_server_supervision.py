@@ -155,6 +155,9 @@ def test_a_killed_api_server_is_replaced_while_the_other_keeps_serving(server_fa
     finally:
         for connection in connections:
             connection.close()
+    (replacement,) = after - before
+    assert server.stop(grace_s=30) == 0
+    assert f"Finished server process [{replacement}]" in server.log(), "a drain stops it gracefully"
 
 
 def test_api_servers_that_cannot_be_kept_alive_stop_the_service_with_an_error(server_factory) -> None:
@@ -169,3 +172,30 @@ def test_api_servers_that_cannot_be_kept_alive_stop_the_service_with_an_error(se
     assert "API servers cannot be kept alive" in server.log()
     assert "hookserve stopped: API server" in server.log()
     wait_until(lambda: server.session_pids() == [], 10, interval_s=0.2)
+
+
+def test_sigterm_to_every_process_of_the_group_is_still_a_clean_stop(server_factory) -> None:
+    """systemd's default stop: the queue manager dies with the rest, and that alone is no error."""
+    server = server_factory(config())
+    assert server.process is not None
+    os.killpg(server.process.pid, signal.SIGTERM)
+    assert server.process.wait(timeout=60) == 0, server.log()[-3000:]
+    stopping = server.log().split("SIGTERM received", 1)[1]
+    assert "hookserve stopped: " not in stopping and "ERROR" not in stopping
+    assert "restarted (pid" not in stopping, "no replacement while stopping"
+
+
+def test_a_replacement_api_server_dies_with_the_main_process(server_factory) -> None:
+    """It is forked by the supervisor thread, which must outlive it for PR_SET_PDEATHSIG to wait for the
+    whole main process (service/orphans.py)."""
+    server = server_factory(config(backoff_s=0.1))
+    assert server.process is not None
+    first = api_server_pids(server)
+    os.kill(min(first), signal.SIGKILL)
+    wait_until(lambda: len(api_server_pids(server) - first) == 1, 30)
+    (replacement,) = api_server_pids(server) - first
+    time.sleep(1.0)
+    assert psutil.pid_exists(replacement), "alive while the main process is"
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait(timeout=10)
+    wait_until(lambda: server.session_pids() == [], 5, interval_s=0.2)
