@@ -147,8 +147,9 @@ class CompatLitServer(ls.LitServer):
         event = getattr(self, "_shutdown_event", None)
         if event is None:
             return False
-        # If the manager process holding the event is gone, run()'s wait on it has failed already.
-        with contextlib.suppress(*MANAGER_GONE_ERRORS):
+        # If the manager process holding the event is gone (or shut down, its socket file removed),
+        # run()'s wait on it has failed or ended already.
+        with contextlib.suppress(OSError, EOFError):
             event.set()
         return True
 
