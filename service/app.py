@@ -101,7 +101,10 @@ def build_server(config: HookserveConfig, repository: ModelRepository | None = N
     supervisor = Supervisor(
         states,
         config.server.worker_restarts,
-        relaunch=litserver.relaunch_worker,
+        relaunch_worker=litserver.relaunch_worker,
+        api_server_policy=config.server.api_server_restarts,
+        relaunch_api_server=litserver.relaunch_api_server,
+        on_fatal=lambda reason: _stop_for_restart(litserver, plan),
         draining=lambda: plan.drain.draining,
     )
     add_routes(litserver.app, ServedModels(config, descriptions, states), config, gates)
@@ -120,7 +123,16 @@ def _start_supervising(
             by_pid[supervisor.states.pid(served.model_name, worker)] = (served, worker)
     for process in litserver.worker_processes():
         served, worker = by_pid[process.pid]
-        supervisor.watch(served.model_name, worker, served, process)
+        supervisor.watch_worker(served.model_name, worker, served, process)
+    for index, process in litserver.api_server_processes().items():
+        supervisor.watch_api_server(index, process)
     supervisor.start()
-    logger.info("supervising %d inference worker(s)", len(by_pid))
+    api_pids = ", ".join(str(pid) for pid in supervisor.pids("API server").values())
+    logger.info("supervising %d inference worker(s) and API servers (pids %s)", len(by_pid), api_pids)
+
+
+def _stop_for_restart(litserver: CompatLitServer, plan: ServingPlan) -> None:
+    """API servers cannot be kept alive: refuse new requests and end run(); the command exits non-zero."""
+    plan.drain.start()
+    litserver.request_stop()
 

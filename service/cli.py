@@ -72,19 +72,36 @@ def _run_server(args: argparse.Namespace) -> int:
             generate_client_file=False,
             access_log=server_cfg.access_log,
         )
-        return 0
+        return exit_status(server, None)
     except KeyboardInterrupt:
         logger.error("hookserve stopped by a signal during start-up")
         return 1
     except Exception as exc:
         if server is not None and server.plan.drain.draining:
-            # A stop was asked for and something it stops went first (e.g. every process of the group got
-            # SIGTERM, LitServe's queue manager too): that is still the stop that was asked for.
-            logger.info("hookserve stopped (%s during shutdown)", type(exc).__name__)
-            return 0
+            return exit_status(server, exc)
         # Start-up failures: say what; the caller leaves no child behind.
         logger.error("hookserve stopped: %s", exc, exc_info=server_cfg.log_level == "debug")
         return 1
+
+
+def exit_status(server: Server, exc: Exception | None) -> int:
+    """The exit status once ``run()`` has ended (raising ``exc``, or not), with a log line saying why.
+
+    Non-zero unless a stop was asked for and nothing went wrong. A requested stop may find LitServe's queue
+    manager gone first (every process of the group got SIGTERM): only that is still a clean stop.
+    """
+    from service.litserve_compat import MANAGER_GONE_ERRORS
+
+    if server.supervisor.fatal is not None:
+        logger.error("hookserve stopped: %s", server.supervisor.fatal)
+        return 1
+    if exc is None:
+        return 0
+    if server.plan.drain.draining and isinstance(exc, MANAGER_GONE_ERRORS):
+        logger.info("hookserve stopped (%s in shutdown: the queue manager went first)", type(exc).__name__)
+        return 0
+    logger.error("hookserve stopped: %s: %s", type(exc).__name__, exc, exc_info=exc)
+    return 1
 
 
 def _stop(server: Server) -> None:

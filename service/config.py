@@ -59,10 +59,13 @@ def _secret(variable: str | None) -> str | None:
 
 
 class RestartPolicy(_Strict):
-    """How dead inference workers are restarted (see service/supervisor.py)."""
+    """How dead processes (inference workers, API servers) are replaced (see service/supervisor.py)."""
 
     max_restarts: int = Field(
-        default=5, ge=0, description="Restarts of a worker allowed within window_s; then it stays down."
+        default=5,
+        ge=0,
+        description="Restarts of one process allowed within window_s; then a worker's model stays down, "
+        "and for an API server the whole service exits non-zero.",
     )
     window_s: float = Field(default=300.0, gt=0, description="The window max_restarts counts over.")
     backoff_initial_s: float = Field(
@@ -108,6 +111,7 @@ class ServerConfig(_Strict):
         if self.load_models and self.model_control != "explicit":
             raise ValueError("load_models is used only with model_control explicit (with none, all load)")
         return self
+    api_server_restarts: RestartPolicy = RestartPolicy()
 
 
 class ModelServeConfig(_Strict):

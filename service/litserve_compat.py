@@ -12,7 +12,9 @@ a test in ``tests/test_litserve_compat.py`` that fails loudly if an upgrade move
    (LitServe waits for any one).
 3. ``LitServer.launch_single_inference_worker`` and ``LitServer.inference_workers`` let the
    supervisor start a replacement worker that LitServe's shutdown will also stop.
-4. ``LitServer._shutdown_event`` ends ``run()`` (our SIGTERM drain sets it).
+4. ``LitServer._shutdown_event`` ends ``run()`` (our SIGTERM drain sets it). It lives in LitServe's
+   queue manager process: when a stop finds that process gone (every process of the group got SIGTERM),
+   the wait on it in ``run()`` raises one of :data:`MANAGER_GONE_ERRORS`, and only those.
 5. LitServe appends a ``GZipMiddleware`` to every app; it is removed (prediction bodies are small, and
    gzip costs CPU on the hot path).
 6. ``RoutelessSpec`` is a ``LitSpec`` without endpoints, so LitServe registers no route of its own for
@@ -21,7 +23,14 @@ a test in ``tests/test_litserve_compat.py`` that fails loudly if an upgrade move
    class is swapped for a subclass that hands each request to hookserve's router *before* FastAPI's
    own stack (telemetry, error and body-limit middleware, routing): the predict route costs only
    what it needs. Everything the router does not answer goes through FastAPI unchanged.
-8. LitServe's worker process calls ``lit_api.setup(device)`` and then the API's loop as
+8. ``LitServer._start_server(port, n, log_level, sockets, worker_type, **kwargs)`` forks ``n`` API
+   servers, each a uvicorn server over its own copy of the app and the listening socket that ``run()``
+   bound once, and returns them as ``{index: process}``. Its arguments are kept, so that a replacement is
+   started by the same call with ``n = 1`` (same app, same socket; LitServe numbers it 0, a number
+   hookserve's API servers do not use). ``run()`` hands the same ``uvicorn_workers`` dict to
+   ``_start_worker_monitoring`` and to its shutdown: a replacement put in that dict is stopped by
+   LitServe's shutdown like the original.
+9. LitServe's worker process calls ``lit_api.setup(device)`` and then the API's loop as
    ``loop(lit_api, <its private queues and status objects>...)``. :class:`_WorkerLoop` takes only
    ``lit_api`` (whatever else is passed), so hookserve's worker (:class:`ServedWorker`: ``setup`` and
    ``serve``) is shaped by nothing of LitServe. LitServe's own queues are never read.
@@ -49,9 +58,11 @@ from litserve.utils import WorkerSetupStatus
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["CompatLitServer", "ServedWorker"]
+__all__ = ["MANAGER_GONE_ERRORS", "CompatLitServer", "ServedWorker"]
 logger = logging.getLogger(__name__)
 WORKER_ID_ENV = "LITSERVE_WORKER_ID"
+# Touch point 4: what a call on the queue manager's proxies raises once the manager process has died.
+MANAGER_GONE_ERRORS: tuple[type[Exception], ...] = (EOFError, ConnectionError)
 
 
 class ServedWorker(Protocol):
@@ -72,7 +83,7 @@ def _worker_id() -> int:
 
 
 class _WorkerLoop(LitLoop):
-    """Touch point 8: LitServe's entry into the worker once setup is done; only ``lit_api`` is used."""
+    """Touch point 9: LitServe's entry into the worker once setup is done; only ``lit_api`` is used."""
 
     def __call__(self, lit_api: _LitWorker, *_litserve_internals: Any, **_more: Any) -> None:
         lit_api.worker.serve()
@@ -134,6 +145,8 @@ class CompatLitServer(ls.LitServer):
         self._lit_apis = {id(worker): _LitWorker(worker, path) for worker, path in workers}
         super().__init__(list(self._lit_apis.values()), **kwargs)
         self._on_serving = on_serving
+        self._api_servers: dict[int, Any] = {}
+        self._api_server_launch: tuple[tuple, dict] | None = None
         self.app.user_middleware = [m for m in self.app.user_middleware if m.cls is not GZipMiddleware]
 
     # -- touch point 7
@@ -144,6 +157,7 @@ class CompatLitServer(ls.LitServer):
 
     # -- touch point 1: called by run() once the API servers are up
     def _start_worker_monitoring(self, manager: Any, uvicorn_workers: dict) -> None:
+        self._api_servers = uvicorn_workers  # touch point 8: the dict run()'s shutdown stops
         if self._on_serving is not None:
             self._on_serving()
 
@@ -181,7 +195,29 @@ class CompatLitServer(ls.LitServer):
         event = getattr(self, "_shutdown_event", None)
         if event is None:
             return False
-        # If the manager process holding the event is gone, run()'s wait on it has failed already.
+        # If the manager process holding the event is gone (or shut down, its socket file removed),
+        # run()'s wait on it has failed or ended already.
         with contextlib.suppress(OSError, EOFError):
             event.set()
         return True
+
+    # -- touch point 8
+    def api_server_processes(self) -> dict[int, mp.Process]:
+        """The API-server processes LitServe forked (and will stop at shutdown), by index."""
+        return {i: p for i, p in self._api_servers.items() if isinstance(p, mp.process.BaseProcess)}
+
+    def _start_server(
+        self, port: int, count: int, log_level: str, sockets: list, *args: Any, **kwargs: Any
+    ) -> dict:
+        self._api_server_launch = ((port, 1, log_level, sockets, *args), kwargs)
+        return super()._start_server(port, count, log_level, sockets, *args, **kwargs)
+
+    def relaunch_api_server(self, index: int, dead: mp.Process) -> mp.Process:
+        """Fork API server ``index`` anew, as LitServe forked it: the same app on the same socket."""
+        if self._api_server_launch is None:
+            raise RuntimeError("no API server was started yet")
+        args, kwargs = self._api_server_launch
+        (process,) = super()._start_server(*args, **kwargs).values()
+        process.name = dead.name
+        self._api_servers[index] = process
+        return process

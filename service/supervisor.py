@@ -1,12 +1,22 @@
-"""Worker supervision: a worker that dies is restarted, with backoff, and nothing else goes down.
+"""Process supervision: an inference worker or API server that dies is replaced, with backoff.
 
-Runs as a thread in the main process once the server is serving. It waits on the workers' process
-sentinels, so a death (SIGKILL, segfault, OOM kill) is seen at once. The dead worker's slot is marked
-down (``/health`` turns 503 if that model has no other live worker; the API servers have already failed
-its in-flight requests with 503, because the kernel closed its connections), and a replacement is
-started after a backoff that doubles with each restart. A replacement takes traffic only once it is
-warmed up and listening. More than ``max_restarts`` within ``window_s`` and the model stays down
-(``failed``) with a log line saying why: a crash loop should page someone, not burn the machine.
+Runs as a thread in the main process once the server is serving. It waits on the process sentinels of
+every inference worker and every API server, so a death (SIGKILL, segfault, OOM kill) is seen at once, and
+starts a replacement after a backoff that doubles with each restart within ``window_s``.
+
+- **Inference worker.** Its slot is marked down (``/health`` turns 503 if that model has no other live
+  worker; the API servers have already failed its in-flight requests with 503, because the kernel closed
+  its connections). The replacement takes traffic once it is warmed up and listening. More than
+  ``max_restarts`` within ``window_s`` and the model stays down (``failed``) with a log line saying why:
+  a crash loop should page someone, not burn the machine.
+- **API server.** Only the requests in flight on it fail; the others keep accepting on the shared
+  listening socket. The replacement is forked like the original (same app, same socket) and accepts
+  connections only once it has connected to the workers. More than ``max_restarts`` within ``window_s``
+  and the whole service stops with a non-zero exit, so that systemd, compose or Kubernetes restarts it.
+
+The thread outlives :meth:`Supervisor.stop` (it parks): Linux sends a child its parent-death signal
+(:mod:`service.orphans`) when the *thread* that started it exits, so replacements started by a thread
+that ended would be killed with it.
 """
 
 from __future__ import annotations
@@ -23,67 +33,123 @@ from typing import Any
 from prometheus_client.multiprocess import mark_process_dead
 
 from service.config import RestartPolicy
-from service.monitoring.metrics import WORKER_RESTARTS
+from service.monitoring.metrics import API_SERVER_RESTARTS, WORKER_RESTARTS
 from service.worker_states import WorkerState, WorkerStates
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class WorkerSlot:
-    """One worker of one model: its current process and its restart history."""
+def _unmarked(state: WorkerState) -> None:
+    """API servers have no shared state slot."""
 
-    model: str
-    worker: int
-    api: Any  # the model's worker, pickled into each replacement process
+
+@dataclass
+class Slot:
+    """One supervised process: its name in logs, how to replace it, and its restart history."""
+
+    label: str  # "digits-cnn worker 0", "API server 1"
     process: Any
+    relaunch: Callable[[Any], Any]  # the dead process -> its started replacement
+    policy: RestartPolicy
+    restarts_total: Any  # the counter (child) a restart increments
+    give_up: Callable[[Slot, int | None], None]  # more than max_restarts within window_s
+    mark: Callable[[WorkerState], None] = _unmarked
     restarts: deque[float] = field(default_factory=deque)
     restart_at: float | None = None
 
 
 class Supervisor:
-    """Watches every inference worker; restarts the dead ones (see the module docstring)."""
+    """Watches every inference worker and API server; replaces the dead ones (see the module docstring)."""
 
     def __init__(
         self,
         states: WorkerStates,
-        policy: RestartPolicy,
-        relaunch: Callable[[Any, int, Any], Any],
+        worker_policy: RestartPolicy,
+        relaunch_worker: Callable[[Any, int, Any], Any],
+        api_server_policy: RestartPolicy | None = None,
+        relaunch_api_server: Callable[[int, Any], Any] | None = None,
+        on_fatal: Callable[[str], None] = lambda reason: None,
         clock: Callable[[], float] = time.monotonic,
         draining: Callable[[], bool] = lambda: False,
     ) -> None:
         self.states = states
-        self.draining = draining
-        self.policy = policy
-        self.relaunch = relaunch
+        self.worker_policy = worker_policy
+        self.api_server_policy = api_server_policy or worker_policy
+        self.relaunch_worker = relaunch_worker
+        self.relaunch_api_server = relaunch_api_server
+        self.on_fatal = on_fatal
         self.clock = clock
-        self.slots: list[WorkerSlot] = []
+        self.draining = draining
+        self.slots: list[Slot] = []
+        self.fatal: str | None = None  # why the service must exit non-zero, once it must
         self._stop = threading.Event()
+        self._parked = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def watch(self, model: str, worker: int, api: Any, process: Any) -> None:
-        self.slots.append(WorkerSlot(model, worker, api, process))
-        WORKER_RESTARTS.labels(model)  # exported at 0, so increase() sees the first restart
+    # -- what is watched
+    def watch_worker(self, model: str, worker: int, api: Any, process: Any) -> None:
+        """Supervise ``worker`` of ``model``; ``api`` (its served worker) is pickled into each replacement."""
+        counter = WORKER_RESTARTS.labels(model)  # exported at 0, so increase() sees the first restart
 
+        def mark(state: WorkerState) -> None:
+            self.states.set(model, worker, state)
+
+        self.slots.append(
+            Slot(
+                f"{model} worker {worker}",
+                process,
+                relaunch=lambda dead: self.relaunch_worker(api, worker, dead),
+                policy=self.worker_policy,
+                restarts_total=counter,
+                give_up=self._model_stays_down,
+                mark=mark,
+            )
+        )
+
+    def watch_api_server(self, index: int, process: Any) -> None:
+        """Supervise API server ``index`` (LitServe's numbering); needs ``relaunch_api_server``."""
+        relaunch = self.relaunch_api_server
+        if relaunch is None:
+            raise ValueError("no way to relaunch an API server was given")
+        self.slots.append(
+            Slot(
+                f"API server {index}",
+                process,
+                relaunch=lambda dead: relaunch(index, dead),
+                policy=self.api_server_policy,
+                restarts_total=API_SERVER_RESTARTS,
+                give_up=self._service_exits,
+            )
+        )
+
+    def pids(self, prefix: str = "") -> dict[str, int]:
+        """Live process ids by slot label (e.g. ``pids("API server")``), for logs and tests."""
+        live = [s for s in self.slots if s.process is not None and s.label.startswith(prefix)]
+        return {s.label: s.process.pid for s in live}
+
+    # -- the thread
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="hookserve-supervisor", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop supervising (before shutdown stops the workers on purpose)."""
+        """Stop replacing processes (before shutdown stops them on purpose)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._parked.wait(timeout=5)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.step(timeout=0.2)
+        self._parked.set()
+        threading.Event().wait()  # parked until the process exits: see the module docstring
 
     def step(self, timeout: float) -> None:
         """Notice deaths (waiting up to ``timeout``), then start any replacement that is due."""
         alive = {s.process.sentinel: s for s in self.slots if s.restart_at is None and s.process is not None}
         for sentinel in wait(list(alive), timeout=timeout) if alive else []:
-            self._on_death(alive[sentinel])
+            if not self._stop.is_set():
+                self._on_death(alive[sentinel])
         if not alive:
             self._stop.wait(timeout)
         now = self.clock()
@@ -91,42 +157,54 @@ class Supervisor:
             if slot.restart_at is not None and now >= slot.restart_at and not self._stop.is_set():
                 self._restart(slot)
 
-    def _on_death(self, slot: WorkerSlot) -> None:
+    # -- deaths and restarts
+    def _on_death(self, slot: Slot) -> None:
         slot.process.join(timeout=1)
         exitcode = slot.process.exitcode
-        mark_process_dead(slot.process.pid)  # drops its live gauges (hookserve_workers_ready)
+        mark_process_dead(slot.process.pid)  # drops its live gauges (e.g. hookserve_workers_ready)
         now = self.clock()
-        while slot.restarts and now - slot.restarts[0] > self.policy.window_s:
+        while slot.restarts and now - slot.restarts[0] > slot.policy.window_s:
             slot.restarts.popleft()
         if self.draining():  # the server is stopping: a replacement would only be stopped again
-            self.states.set(slot.model, slot.worker, WorkerState.DOWN)
+            slot.mark(WorkerState.DOWN)
             slot.process = None
-            logger.info("%s worker %d exited (code %s) during shutdown", slot.model, slot.worker, exitcode)
+            logger.info("%s exited (code %s) during shutdown", slot.label, exitcode)
             return
-        if len(slot.restarts) >= self.policy.max_restarts:
-            self.states.set(slot.model, slot.worker, WorkerState.FAILED)
+        if len(slot.restarts) >= slot.policy.max_restarts:
             slot.process = None
-            logger.error(
-                "%s worker %d died (exit code %s) after %d restarts within %.0f s: it stays down until "
-                "the server is restarted (server.worker_restarts.max_restarts / window_s)",
-                slot.model, slot.worker, exitcode, len(slot.restarts), self.policy.window_s,
-            )
+            slot.give_up(slot, exitcode)
             return
-        backoff = min(self.policy.backoff_initial_s * 2 ** len(slot.restarts), self.policy.backoff_max_s)
+        backoff = min(slot.policy.backoff_initial_s * 2 ** len(slot.restarts), slot.policy.backoff_max_s)
         slot.restart_at = now + backoff
-        self.states.set(slot.model, slot.worker, WorkerState.DOWN)
+        slot.mark(WorkerState.DOWN)
         logger.error(
-            "%s worker %d (pid %s) died with exit code %s; restarting it in %.1f s",
-            slot.model, slot.worker, slot.process.pid, exitcode, backoff,
+            "%s (pid %s) died with exit code %s; restarting it in %.1f s",
+            slot.label, slot.process.pid, exitcode, backoff,
         )
 
-    def _restart(self, slot: WorkerSlot) -> None:
+    def _restart(self, slot: Slot) -> None:
         slot.restarts.append(self.clock())
         slot.restart_at = None
-        self.states.set(slot.model, slot.worker, WorkerState.STARTING)
-        slot.process = self.relaunch(slot.api, slot.worker, slot.process)
-        WORKER_RESTARTS.labels(slot.model).inc()
-        logger.info(
-            "%s worker %d restarted (pid %s); it takes traffic once warmed up",
-            slot.model, slot.worker, slot.process.pid,
+        slot.mark(WorkerState.STARTING)
+        slot.process = slot.relaunch(slot.process)
+        slot.restarts_total.inc()
+        logger.info("%s restarted (pid %s); it takes traffic once ready", slot.label, slot.process.pid)
+
+    # -- giving up
+    def _model_stays_down(self, slot: Slot, exitcode: int | None) -> None:
+        slot.mark(WorkerState.FAILED)
+        logger.error(
+            "%s died (exit code %s) after %d restarts within %.0f s: it stays down until the server is "
+            "restarted (server.worker_restarts.max_restarts / window_s)",
+            slot.label, exitcode, len(slot.restarts), slot.policy.window_s,
         )
+
+    def _service_exits(self, slot: Slot, exitcode: int | None) -> None:
+        self.fatal = (
+            f"{slot.label} died (exit code {exitcode}) after {len(slot.restarts)} restarts within "
+            f"{slot.policy.window_s:.0f} s: API servers cannot be kept alive, so hookserve exits for its "
+            "supervisor (systemd, compose, Kubernetes) to restart it (server.api_server_restarts)"
+        )
+        logger.error("%s", self.fatal)
+        self._stop.set()  # what the shutdown stops next is no crash
+        self.on_fatal(self.fatal)

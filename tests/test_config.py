@@ -134,3 +134,15 @@ def test_cli_repository_options_become_server_overrides() -> None:
     plain = build_parser().parse_args(["serve"])
     assert _server_overrides(plain) == {} and _config_path(plain) == DEFAULT_CONFIG
     assert load_config(None, environ={}, server_overrides=_server_overrides(args)).models == []
+
+
+def test_api_server_restarts_have_their_own_policy(tmp_path: Path) -> None:
+    raw = {"models": [{"name": "digits-cnn"}], "server": {"worker_restarts": {"max_restarts": 9}}}
+    path = write(tmp_path, raw)
+    env = {"HOOKSERVE_SERVER__API_SERVER_RESTARTS__MAX_RESTARTS": "1"}
+    server = load_config(path, environ=env).server
+    assert server.api_server_restarts.max_restarts == 1 and server.worker_restarts.max_restarts == 9
+    with pytest.raises(ValidationError, match="api_server_restarts"):
+        HookserveConfig.model_validate(
+            {"models": [{"name": "digits-cnn"}], "server": {"api_server_restarts": {"window_s": 0}}}
+        )

@@ -9,14 +9,28 @@ from __future__ import annotations
 import asyncio
 import copy
 import inspect
+import multiprocessing as mp
+import os
+import signal
+import threading
 
 import httpx
 import litserve as ls
+import pytest
+from litserve import server as litserve_server
 from litserve.loops import loops as litserve_loops
+from litserve.server import _Server as LitServeUvicornServer
 from litserve.utils import WorkerSetupStatus
 from starlette.middleware.gzip import GZipMiddleware
 
-from service.litserve_compat import WORKER_ID_ENV, CompatLitServer, RoutelessSpec, _LitWorker, _WorkerLoop
+from service.litserve_compat import (
+    MANAGER_GONE_ERRORS,
+    WORKER_ID_ENV,
+    CompatLitServer,
+    RoutelessSpec,
+    _LitWorker,
+    _WorkerLoop,
+)
 
 
 class EchoWorker:
@@ -79,6 +93,30 @@ def test_4_run_ends_when_the_shutdown_event_is_set() -> None:
     assert server.request_stop() is False, "before run() there is no event to set"
 
 
+def test_4_a_wait_on_the_shutdown_event_of_a_dead_manager_raises_only_manager_gone_errors() -> None:
+    manager = mp.Manager()
+    event = manager.Event()  # what LitServe's _init_manager makes its _shutdown_event
+    raised: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            event.wait()
+        except BaseException as exc:
+            raised.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    try:
+        event.is_set()  # the manager answers
+        os.kill(manager._process.pid, signal.SIGTERM)  # as when every process of the group gets SIGTERM
+        waiter.join(timeout=10)
+        assert len(raised) == 1 and isinstance(raised[0], MANAGER_GONE_ERRORS), raised
+        with pytest.raises(MANAGER_GONE_ERRORS):
+            event.set()  # a call after the manager died
+    finally:
+        manager.shutdown()
+
+
 def test_5_litserve_adds_gzip_and_the_compat_server_removes_it() -> None:
     plain = ls.LitServer(EchoAPI())
     assert any(m.cls is GZipMiddleware for m in plain.app.user_middleware), "LitServe no longer adds gzip"
@@ -100,7 +138,7 @@ def test_6_litserve_names_the_worker_in_its_environment() -> None:
     assert f'os.environ["{WORKER_ID_ENV}"] = str(worker_id)' in source
 
 
-def test_8_the_worker_process_sets_up_then_calls_the_loop_with_lit_api_first() -> None:
+def test_9_the_worker_process_sets_up_then_calls_the_loop_with_lit_api_first() -> None:
     source = inspect.getsource(litserve_loops.inference_worker)
     assert "lit_api.setup(device)" in source
     assert "loop: LitLoop = lit_api.loop" in source
@@ -141,3 +179,53 @@ def test_7_the_front_router_answers_first_and_passes_the_rest_to_fastapi() -> No
 
     assert asyncio.run(get("/front")).text == "front"
     assert asyncio.run(get("/info")).status_code == 200, "FastAPI (LitServe's /info) still answers"
+
+
+def test_8_litserve_forks_api_servers_over_one_socket_bound_before_the_fork() -> None:
+    params = list(inspect.signature(ls.LitServer._start_server).parameters)
+    assert params == [
+        "self", "port", "num_uvicorn_servers", "log_level", "sockets", "uvicorn_worker_type", "kwargs"
+    ]
+    assert "self._start_server(\n                port, num_api_servers, log_level, sockets," in run_source()
+    assert "sockets = [config.bind_socket()]" in run_source(), "one listening socket, bound before the fork"
+    source = inspect.getsource(ls.LitServer._start_server)
+    assert "for response_queue_id in range(num_uvicorn_servers):" in source
+    assert 'ctx = mp.get_context("fork")' in source
+    assert "target=server.run, args=(response_queue_id, sockets)" in source
+    assert "return dict(enumerate(workers))" in source
+
+
+def test_8_run_stops_the_same_api_server_dict_it_hands_to_the_monitor_hook() -> None:
+    assert "self._start_worker_monitoring(manager, uvicorn_workers)" in run_source()
+    assert "self._perform_graceful_shutdown(manager, uvicorn_workers, shutdown_reason)" in run_source()
+    assert "uvicorn_workers.items()" in inspect.getsource(ls.LitServer._perform_graceful_shutdown)
+
+
+def test_8_a_relaunched_api_server_serves_the_same_app_on_the_same_socket(monkeypatch) -> None:
+    forked: list[tuple] = []
+
+    class FakeProcess:
+        def __init__(self, target, args, name) -> None:
+            self.target, self.args, self.name = target, args, name
+
+        def start(self) -> None:
+            forked.append((self.target, self.args))
+
+    class FakeContext:
+        Process = FakeProcess
+
+    monkeypatch.setattr(litserve_server.mp, "get_context", lambda method: FakeContext)
+    server = compat_server()
+    sockets = [object()]  # stands for the socket run() bound
+    uvicorn_workers = server._start_server(8123, 2, "warning", sockets, "process")
+    server._start_worker_monitoring(None, uvicorn_workers)  # as run() calls it
+    dead = uvicorn_workers[1]
+    replacement = server.relaunch_api_server(1, dead)
+    assert uvicorn_workers == {0: uvicorn_workers[0], 1: replacement}, "LitServe's shutdown stops it"
+    assert replacement is not dead and replacement.name == dead.name
+    target, args = forked[-1]
+    assert args[1] is sockets, "the replacement accepts on the same listening socket"
+    assert isinstance(target.__self__, LitServeUvicornServer)
+    config = target.__self__.config
+    assert config.port == 8123 and config.app.__class__ is server.app.__class__
+    assert config.app.__dict__.keys() == server.app.__dict__.keys(), "a copy of the same app"

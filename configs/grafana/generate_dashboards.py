@@ -302,7 +302,7 @@ def service_health() -> dict:
             "short",
             [Target(f"min by (model) (hookserve_workers_ready{{{MODEL}}})", "{{model}}")],
             kind="stat",
-            width=12,
+            width=8,
             thresholds=[(0, "red"), (1, "green")],
         ),
         Panel(
@@ -315,7 +315,17 @@ def service_health() -> dict:
                     f"sum by (model) (increase(hookserve_worker_restarts_total{{{MODEL}}}[1h]))", "{{model}}"
                 )
             ],
-            width=12,
+            width=8,
+            min_value=0,
+        ),
+        Panel(
+            "API-server restarts",
+            "API-server (uvicorn) processes replaced after they died, per replica, over the last hour "
+            "(hookserve_api_server_restarts_total). Only the requests in flight on the dead one failed; "
+            "a crash loop stops the replica (HookserveApiServerRestarted).",
+            "short",
+            [Target("sum by (instance) (increase(hookserve_api_server_restarts_total[1h]))", "{{instance}}")],
+            width=8,
             min_value=0,
         ),
         Row("Latency"),

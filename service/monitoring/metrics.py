@@ -85,6 +85,10 @@ WORKER_RESTARTS = Counter(
     "Inference workers restarted after they died (SIGKILL, segfault, OOM kill, failed start-up).",
     ["model"],
 )
+API_SERVER_RESTARTS = Counter(
+    "hookserve_api_server_restarts_total",
+    "API-server (uvicorn) processes replaced after they died (SIGKILL, segfault, OOM kill).",
+)
 WORKERS_READY = Gauge(
     "hookserve_workers_ready",
     "Inference workers warmed up and accepting requests (0 while a model's worker is down or restarting).",
