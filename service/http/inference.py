@@ -23,7 +23,7 @@ import orjson
 from starlette.types import Receive, Send
 
 from models.base import InputSpec, OutputSpec
-from service.http.admission import AdmissionGate, DrainSwitch
+from service.http.admission import AdmissionGate, DrainSwitch, Rejected
 from service.http.asgi import Headers, header, read_body, send_response
 from service.http.codec import ClientError
 from service.http.worker_client import ModelWorkers, WorkerUnavailable
@@ -119,7 +119,6 @@ class InferenceRoute:
         self.gate = gate
         self.drain = drain
         self.counter = RequestCounter(settings.model, self.protocol)
-        self._overload = REJECTED.labels(settings.model, "overload")
         self._draining = REJECTED.labels(settings.model, "draining")
 
     # -- the protocol's part
@@ -142,6 +141,9 @@ class InferenceRoute:
             status = error.status
             extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
             await send_error(send, status, error.message, request_id, extra)
+        except Rejected as rejection:  # refused at the door (issue 17): Retry-After from the prediction
+            status = 503
+            await send_error(send, status, str(rejection), request_id, rejection.headers)
         except WorkerUnavailable as error:
             status = 503
             await send_error(send, status, str(error), request_id, [RETRY_AFTER])
@@ -163,15 +165,13 @@ class InferenceRoute:
             self._draining.inc()
             raise WorkerUnavailable("server is shutting down; retry on another replica")
         decoded = self.decode(scope, body)
-        if not self.gate.try_enter():
-            self._overload.inc()
-            raise WorkerUnavailable(
-                f"too many requests queued for {settings.model} (limit {self.gate.limit}); retry"
-            )
+        instances = len(decoded.instances)  # admission by predicted completion (issue 17): admit/leave
+        if (rejection := self.gate.admit(instances)) is not None:
+            raise rejection
         try:
             status, payload = await self._run(decoded, request_id)
         finally:
-            self.gate.leave()
+            self.gate.leave(instances)
         if status != 200:
             await send_error(send, status, payload.decode(), request_id)
             return status

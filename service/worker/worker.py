@@ -36,6 +36,8 @@ from service.monitoring.metrics import (
 from service.monitoring.origin import NonFiniteOutput, Origin
 from service.monitoring.shadow import OUTPUT
 from service.orphans import die_with_parent
+from service.scheduling.board import CostBoard
+from service.scheduling.tracker import CostTracker
 from service.worker.batching import InstanceBatchingLoop
 from service.worker.runtime import (
     StartupError,
@@ -73,7 +75,9 @@ def encode_predictions(probabilities: np.ndarray, output_spec: OutputSpec) -> by
 class ModelWorker(LitAPI):
     """One served model in one worker process. Its requests come from the API servers' predict routes."""
 
-    def __init__(self, config: ModelServeConfig, states: WorkerStates) -> None:
+    def __init__(
+        self, config: ModelServeConfig, states: WorkerStates, costs: CostBoard | None = None
+    ) -> None:
         with warnings.catch_warnings():
             # LitAPI warns when batch/unbatch exist but max_batch_size is 1; our loop handles both cases.
             warnings.filterwarnings("ignore", message="The LitServer has both batch and unbatch")
@@ -88,6 +92,7 @@ class ModelWorker(LitAPI):
         self.model: ServableModel | None = None
         self.monitor: Any = None
         self.states = states
+        self.cost = CostTracker(config.name, config.max_batch_size, costs)  # issue 17: the learned batch cost
         self._shadow_input: tuple[torch.Tensor, torch.Tensor] | None = None  # (x, output) to shadow
         self._shadow_failed = False
 
@@ -125,7 +130,10 @@ class ModelWorker(LitAPI):
                     f"calibration instances (< min_precision_agreement {cfg.min_precision_agreement})"
                 )
         self.monitor = self._attach_monitor()
-        warm_seconds = warm_up(self.model, self.torch_device, cfg.precision, cfg.max_batch_size)
+        self.cost.attach(worker_id())
+        warm_seconds = warm_up(
+            self.model, self.torch_device, cfg.precision, cfg.max_batch_size, observe=self.cost.seed
+        )
         PRECISION_AGREEMENT.labels(cfg.name).set(report.top1_agreement if report else 1.0)
         # The live shadow's alert compares its agreement with this threshold. An fp32 model has no
         # shadow (it is fp32 already): like the start-up agreement, its shadow reads 1 and 0 difference.
@@ -193,7 +201,9 @@ class ModelWorker(LitAPI):
                 probabilities = self.model(x)
         result = probabilities.float().cpu().numpy()  # the copy to host synchronizes the device
         synchronize(self.torch_device)
-        MODEL_FORWARD.labels(self.model_name).observe(time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        MODEL_FORWARD.labels(self.model_name).observe(elapsed)
+        self.cost.observe(int(x.shape[0]), elapsed)  # issue 17: the cost model learns from every batch
         if self.monitor is not None and self.monitor.shadow_due:
             self._shadow_input = (x, probabilities)  # run in fp32 once the replies are sent
         return result, sizes
