@@ -7,16 +7,18 @@ Two views of the same observations, both O(1) per batch and pure Python (no nump
   (admission needs two numbers). The warm-up's batches are kept as a small prior that never decays, so
   the fit stays defined when live traffic only ever brings one batch size (e.g. b=1 at low load): the
   level then follows live traffic and the slope comes from the warm-up;
-* a table per batch-size bucket (powers of two): the exponentially weighted mean size and time of the
-  batches seen in each. :meth:`CostModel.predict` interpolates it piecewise-linearly, so a curve that is
-  not a line (per-instance cost rising past some size, i.e. an interior throughput optimum) is seen by
-  the batch policy.
+* a table per batch-size bucket (powers of two) of how far the curve is from the line there: the
+  exponentially weighted mean batch size and ratio ``seconds / line(size)`` of the batches seen in each
+  (weights age with every batch, and an unseen bucket's ratio drifts back to 1, the line).
+  :meth:`CostModel.predict` interpolates ``line(size) * ratio`` between buckets, so a curve that is not
+  a line (per-instance cost rising past some size, i.e. an interior throughput optimum) is seen by the
+  batch policy, while a change of level, which every batch tells the line about, is followed at once
+  even in buckets that are rarely seen.
 
-Outliers (a GC pause, a noisy neighbour) are clipped to ``CLIP`` robust scales from the current
-prediction (the table's, which follows a curved cost better than the line) before they are learned.
-The scale adapts (an exponentially weighted mean absolute residual that may grow by a bounded factor
-per batch), so a lasting change of the curve is followed within tens of batches while a single spike
-moves the fit by little.
+Outliers (a GC pause, a noisy neighbour) are clipped before they are learned, to ``CLIP`` robust scales
+or ``RELATIVE_CLIP`` of the current prediction, whichever is wider. The scale adapts (an exponentially
+weighted mean absolute residual that may grow by a bounded factor per batch), so a lasting change of
+the curve is followed within tens of batches while a single spike moves the fit by little.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ import itertools
 import math
 from dataclasses import dataclass
 
-CLIP = 3.0  # residuals past this many scales are clipped
+CLIP = 3.0  # residuals past this many scales are clipped...
+RELATIVE_CLIP = 0.5  # ...or past this fraction of the prediction, whichever is wider
 SCALE_GROWTH = 4.0  # one residual moves the scale by at most this many scales
 MIN_SCALE_S = 1e-6
+PRIOR_WEIGHT = 0.05  # a warm-up batch against ~144 live ones (half-life 100): it only breaks ties
 
 
 def bucket_of(batch_size: int) -> int:
@@ -44,16 +48,16 @@ def bucket_sizes(max_batch_size: int) -> list[int]:
 @dataclass
 class _Bucket:
     size: float  # weighted mean batch size seen in this bucket
-    seconds: float  # weighted mean forward time
+    ratio: float  # weighted mean of observed time / the line's time
     weight: float
+    seen_at: int  # the model's observation count when this bucket last saw a batch
 
 
 class CostModel:
     """Forward time against batch size for one model in one worker (see the module docstring)."""
 
-    def __init__(self, half_life: float = 100.0, bucket_half_life: float = 20.0) -> None:
+    def __init__(self, half_life: float = 100.0) -> None:
         self._decay = 0.5 ** (1.0 / half_life)
-        self._bucket_decay = 0.5 ** (1.0 / bucket_half_life)
         self._live = [0.0] * 5  # decayed sums: w, w*b, w*t, w*b*b, w*b*t
         self._prior = [0.0] * 5  # the warm-up's batches, never decayed
         self._buckets: dict[int, _Bucket] = {}
@@ -63,16 +67,12 @@ class CostModel:
         self.beta = 0.0
         self.observations = 0
 
-    @property
-    def ready(self) -> bool:
-        """True once anything has been observed (before that, every prediction is 0)."""
-        return self.observations > 0
-
     # --- learning ---------------------------------------------------------------------------------------
     def seed(self, batch_size: int, seconds: float) -> None:
         """A warm-up batch: kept as a prior that never decays (it keeps the slope defined)."""
-        _add(self._prior, 1.0, batch_size, seconds)
-        self._learn_bucket(batch_size, seconds)
+        if batch_size < 1 or not math.isfinite(seconds) or seconds < 0:
+            return
+        _add(self._prior, PRIOR_WEIGHT, batch_size, seconds)
         self._scale = max(self._scale, 0.1 * seconds, MIN_SCALE_S)
         self.observations += 1
         self._refit()
@@ -81,7 +81,7 @@ class CostModel:
         """A served batch of ``batch_size`` instances whose forward pass took ``seconds``."""
         if batch_size < 1 or not math.isfinite(seconds) or seconds < 0:
             return
-        if self.ready:
+        if self.observations:
             seconds = self._clipped(batch_size, seconds)
         else:
             self._scale = max(0.1 * seconds, MIN_SCALE_S)
@@ -89,9 +89,11 @@ class CostModel:
         for i in range(5):
             live[i] *= self._decay
         _add(live, 1.0, batch_size, seconds)
-        self._learn_bucket(batch_size, seconds)
         self.observations += 1
         self._refit()
+        line = self.line(batch_size)
+        if line > 0:
+            self._learn_bucket(batch_size, seconds / line)
 
     def _clipped(self, batch_size: int, seconds: float) -> float:
         predicted = self.predict(batch_size)
@@ -99,23 +101,32 @@ class CostModel:
         scale = self._scale
         size = abs(residual)
         self._scale = max(MIN_SCALE_S, 0.95 * scale + 0.05 * min(size, SCALE_GROWTH * scale))
-        bound = CLIP * scale
+        bound = max(CLIP * scale, RELATIVE_CLIP * predicted)
         if size <= bound:
             return seconds
         return predicted + math.copysign(bound, residual)
 
-    def _learn_bucket(self, batch_size: int, seconds: float) -> None:
+    def _learn_bucket(self, batch_size: int, ratio: float) -> None:
         key = bucket_of(batch_size)
         bucket = self._buckets.get(key)
+        now = self.observations
         if bucket is None:
-            self._buckets[key] = _Bucket(float(batch_size), seconds, 1.0)
+            self._buckets[key] = _Bucket(float(batch_size), ratio, 1.0, now)
             self._ordered = [self._buckets[k] for k in sorted(self._buckets)]
             return
-        weight = bucket.weight * self._bucket_decay + 1.0
-        share = 1.0 / weight
+        # Weights age with every batch the model sees, not only this bucket's: a rarely used size's old
+        # ratio is soon outweighed when it is seen again.
+        total = bucket.weight * self._decay ** (now - bucket.seen_at) + 1.0
+        share = 1.0 / total
         bucket.size += share * (batch_size - bucket.size)
-        bucket.seconds += share * (seconds - bucket.seconds)
-        bucket.weight = weight
+        bucket.ratio += share * (ratio - bucket.ratio)
+        bucket.weight = total
+        bucket.seen_at = now
+
+    def _ratio(self, bucket: _Bucket) -> float:
+        """A bucket's ratio, drifting back to the line (1) as it ages unseen: old news of a size that is
+        no longer used (e.g. because it was slow) must not freeze the curve forever."""
+        return 1.0 + (bucket.ratio - 1.0) * self._decay ** (self.observations - bucket.seen_at)
 
     def _refit(self) -> None:
         w, sb, st, sbb, sbt = (a + b for a, b in zip(self._live, self._prior, strict=True))
@@ -139,23 +150,26 @@ class CostModel:
         return self.alpha * batch_size + self.beta
 
     def predict(self, batch_size: float) -> float:
-        """Forward time for ``batch_size`` instances: the bucket table, interpolated; the line's slope
-        beyond the sizes seen."""
+        """Forward time for ``batch_size`` instances: the line, times the buckets' ratio (interpolated
+        between buckets, the nearest one's beyond them)."""
         ordered = self._ordered
+        line = self.line(batch_size)
         if not ordered:
-            return self.line(batch_size)
+            return line
         first, last = ordered[0], ordered[-1]
         if batch_size <= first.size:
-            return max(0.0, first.seconds + self.alpha * (batch_size - first.size))
+            return line * self._ratio(first)
         if batch_size >= last.size:
-            return last.seconds + self.alpha * (batch_size - last.size)
+            return line * self._ratio(last)
         for low, high in itertools.pairwise(ordered):
             if batch_size <= high.size:
+                at_low = self.line(low.size) * self._ratio(low)
+                at_high = self.line(high.size) * self._ratio(high)
                 span = high.size - low.size
                 if span <= 0:
-                    return high.seconds
-                return low.seconds + (high.seconds - low.seconds) * (batch_size - low.size) / span
-        return last.seconds  # unreachable: batch_size < last.size
+                    return at_high
+                return at_low + (at_high - at_low) * (batch_size - low.size) / span
+        return line * self._ratio(last)  # unreachable: batch_size < last.size
 
     def knots(self) -> list[int]:
         """The batch sizes where the interpolated curve may bend (where throughput can peak)."""
