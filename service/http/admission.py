@@ -19,7 +19,6 @@ from __future__ import annotations
 import multiprocessing as mp
 
 from service.http.worker_client import WorkerUnavailable
-from service.monitoring.metrics import REJECTED
 from service.scheduling.board import ModelCosts
 from service.scheduling.prediction import predicted_answer_s, retry_after_s
 
@@ -68,6 +67,9 @@ class AdmissionGate:
                 queue[0] += 1
                 queue[1] += instances
                 return None
+        # Imported here: service.lifecycle imports this module before PROMETHEUS_MULTIPROC_DIR is set.
+        from service.monitoring.metrics import REJECTED
+
         REJECTED.labels(self.model, rejection.reason).inc()
         return rejection
 
