@@ -64,3 +64,15 @@ def test_model_names_must_be_unique() -> None:
 def test_at_least_one_model_is_required() -> None:
     with pytest.raises(ValidationError):
         HookserveConfig.model_validate({"models": []})
+
+
+def test_latency_target_is_optional_positive_and_below_the_request_deadline() -> None:
+    assert HookserveConfig.model_validate({"models": [{"name": "a"}]}).models[0].latency_target_ms is None
+    config = HookserveConfig.model_validate({"models": [{"name": "a", "latency_target_ms": 300}]})
+    assert config.models[0].latency_target_ms == 300
+    with pytest.raises(ValidationError, match="greater than 0"):
+        HookserveConfig.model_validate({"models": [{"name": "a", "latency_target_ms": 0}]})
+    with pytest.raises(ValidationError, match="must be below the request deadline"):
+        HookserveConfig.model_validate(
+            {"server": {"request_timeout_s": 1.0}, "models": [{"name": "a", "latency_target_ms": 1000}]}
+        )
