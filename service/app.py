@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 
 from service.config import HookserveConfig
-from service.http.admission import AdmissionGate, DrainSwitch
+from service.http.admission import REASONS, AdmissionGate, DrainSwitch
 from service.http.errors import install_error_handlers
 from service.http.front import FrontRouter, ServingPlan
 from service.http.inference import RouteSettings
@@ -21,6 +21,7 @@ from service.litserve_compat import CompatLitServer
 from service.model_loading import describe_model
 from service.monitoring.metrics import REJECTED, WORKERS_READY
 from service.repository import ModelRepository, catalog
+from service.scheduling.board import CostBoard
 from service.supervisor import Supervisor
 from service.tracing.settings import resolve as resolve_tracing
 from service.worker.runtime import check_device_request
@@ -48,6 +49,7 @@ def build_server(config: HookserveConfig, repository: ModelRepository | None = N
     api_key = config.server.auth.api_key()
     states = WorkerStates({m.name: m.workers for m in config.models})
     tracing = resolve_tracing(config.server.tracing)
+    costs = CostBoard({m.name: m.workers for m in config.models})  # learned by workers, read at the door
     workers, routes, gates, descriptions = [], [], {}, {}
     for model_cfg in config.models:
         check_device_request(model_cfg.device)
@@ -65,9 +67,16 @@ def build_server(config: HookserveConfig, repository: ModelRepository | None = N
                 api_key=api_key.encode() if api_key else None,
             )
         )
-        gates[model_cfg.name] = AdmissionGate(model_cfg.max_queued_requests)
-        workers.append(ModelWorker(model_cfg, states, tracing))
-        for reason in ("overload", "draining"):  # exported at 0, so increase() sees the first one
+        target_ms = model_cfg.latency_target_ms
+        gates[model_cfg.name] = AdmissionGate(
+            model_cfg.max_queued_requests,
+            model_cfg.name,
+            latency_target_s=None if target_ms is None else target_ms / 1000.0,
+            costs=costs.costs(model_cfg.name),
+            max_batch_size=model_cfg.max_batch_size,
+        )
+        workers.append(ModelWorker(model_cfg, states, costs, tracing))
+        for reason in REASONS:  # exported at 0, so increase() sees the first one
             REJECTED.labels(model_cfg.name, reason)
         WORKERS_READY.labels(model_cfg.name).set(0)  # the main process's 0 keeps the series when none is
 

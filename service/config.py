@@ -140,6 +140,12 @@ class ModelServeConfig(_Strict):
     max_queued_requests: int = Field(
         default=512, ge=1, description="Admitted-but-unanswered requests before new ones get 503."
     )
+    latency_target_ms: float | None = Field(
+        default=None,
+        gt=0,
+        description="Refuse at once (503 + Retry-After) a request whose predicted time to answer, from the "
+        "queue and the learned batch cost, exceeds this; unset: only max_queued_requests limits admission.",
+    )
     min_precision_agreement: float = Field(
         default=0.99, ge=0, le=1, description="Top-1 agreement with fp32 required at start-up (bf16/fp16)."
     )
@@ -180,6 +186,17 @@ class HookserveConfig(_Strict):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"model names must be unique; repeated: {duplicates}")
+        return self
+
+    @model_validator(mode="after")
+    def _targets_within_deadline(self) -> HookserveConfig:
+        deadline_ms = self.server.request_timeout_s * 1000
+        for m in self.models:
+            if m.latency_target_ms is not None and m.latency_target_ms >= deadline_ms:
+                raise ValueError(
+                    f"model {m.name}: latency_target_ms ({m.latency_target_ms:g}) must be below the "
+                    f"request deadline server.request_timeout_s ({deadline_ms:g} ms): past it, a 504 anyway"
+                )
         return self
 
     def model(self, name: str) -> ModelServeConfig:

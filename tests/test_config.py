@@ -146,3 +146,15 @@ def test_api_server_restarts_have_their_own_policy(tmp_path: Path) -> None:
         HookserveConfig.model_validate(
             {"models": [{"name": "digits-cnn"}], "server": {"api_server_restarts": {"window_s": 0}}}
         )
+
+
+def test_latency_target_is_optional_positive_and_below_the_request_deadline() -> None:
+    assert HookserveConfig.model_validate({"models": [{"name": "a"}]}).models[0].latency_target_ms is None
+    config = HookserveConfig.model_validate({"models": [{"name": "a", "latency_target_ms": 300}]})
+    assert config.models[0].latency_target_ms == 300
+    with pytest.raises(ValidationError, match="greater than 0"):
+        HookserveConfig.model_validate({"models": [{"name": "a", "latency_target_ms": 0}]})
+    with pytest.raises(ValidationError, match="must be below the request deadline"):
+        HookserveConfig.model_validate(
+            {"server": {"request_timeout_s": 1.0}, "models": [{"name": "a", "latency_target_ms": 1000}]}
+        )

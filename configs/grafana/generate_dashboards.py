@@ -274,12 +274,27 @@ def service_health() -> dict:
         Panel(
             "Rejected requests",
             "Requests refused before reaching a worker (503 + Retry-After), by reason: overload (admission "
-            "limit reached) or draining (shutting down).",
+            "limit reached), latency_target (predicted answer time over the model's latency_target_ms) or "
+            "draining (shutting down).",
             "reqps",
             [
                 Target(
                     f"sum by (model, reason) (rate(hookserve_rejected_requests_total{{{MODEL}}}{RATE}))",
                     "{{model}} {{reason}}",
+                )
+            ],
+            width=8,
+        ),
+        Panel(
+            "Learned batch cost",
+            "Forward time of one batch per batch-size bucket, as each worker's online cost model predicts it "
+            "(hookserve_batch_cost_seconds). Admission with latency_target_ms predicts from it; a curve that "
+            "rises after a deploy sheds at lower load.",
+            "s",
+            [
+                Target(
+                    f"max by (model, batch_bucket) (hookserve_batch_cost_seconds{{{MODEL}}})",
+                    "{{model}} b={{batch_bucket}}",
                 )
             ],
             width=8,

@@ -1,36 +1,111 @@
 """Admission control and drain state shared by every API-server process.
 
-LitServe's request queue is unbounded; without a limit an overloaded server queues until every
-request times out. Counters live in shared memory created by the main process before the API servers
-are forked, so the limit holds across all of them.
+Without a limit an overloaded server queues until every request times out. Each model's gate admits a
+request only if (1) fewer than ``max_queued_requests`` are admitted and unanswered (a hard cap) and (2),
+when the model has a ``latency_target_ms``, its predicted time to answer meets the target
+(:mod:`service.scheduling.prediction` has the formula, from the queue and the cost line the workers
+learn). Otherwise it is refused at once, before any queueing, with 503 and a ``Retry-After``.
+
+The queue state lives in shared memory created by the main process before the API servers are forked:
+requests and instances admitted and not yet answered, incremented here at admission and decremented by
+:meth:`AdmissionGate.leave` when the answer (or its failure) is back. Both counters change under one
+lock, the one the hard cap already needs for its check-and-increment; the prediction is made under it
+too, so concurrent API servers cannot all admit into the same free room. Admitting costs a few
+microseconds (the lock, two shared reads per worker, a few float operations).
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 
+from service.http.worker_client import WorkerUnavailable
+from service.scheduling.board import ModelCosts
+from service.scheduling.prediction import predicted_answer_s, retry_after_s
+
+REASONS = ("overload", "latency_target", "draining")  # hookserve_rejected_requests_total{reason}
+
+
+class Rejected(WorkerUnavailable):
+    """A request refused at the door: 503 with ``Retry-After`` (whole seconds, at least 1)."""
+
+    def __init__(self, reason: str, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", str(self.retry_after_s).encode())]
+
 
 class AdmissionGate:
-    """At most ``limit`` admitted-but-unanswered requests for one model, across processes."""
+    """Admission for one model across processes (see the module docstring)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(
+        self,
+        limit: int,
+        model: str = "",
+        latency_target_s: float | None = None,
+        costs: ModelCosts | None = None,
+        max_batch_size: int = 1,
+    ) -> None:
         self.limit = limit
-        self._count = mp.Value("i", 0)
+        self.model = model
+        self.latency_target_s = latency_target_s
+        self.costs = costs
+        self.max_batch_size = max_batch_size
+        self._lock = mp.Lock()
+        self._queue = mp.RawArray("q", 2)  # requests, instances admitted and not yet answered
 
-    def try_enter(self) -> bool:
-        with self._count.get_lock():
-            if self._count.value >= self.limit:
-                return False
-            self._count.value += 1
-            return True
+    def admit(self, instances: int) -> Rejected | None:
+        """Admit a request of ``instances`` (count it in the queue) or say why not; a refusal is counted
+        in ``hookserve_rejected_requests_total``."""
+        queue = self._queue
+        with self._lock:
+            rejection = self._refusal(queue[0], queue[1], instances)
+            if rejection is None:
+                queue[0] += 1
+                queue[1] += instances
+                return None
+        # Imported here: service.lifecycle imports this module before PROMETHEUS_MULTIPROC_DIR is set.
+        from service.monitoring.metrics import REJECTED
 
-    def leave(self) -> None:
-        with self._count.get_lock():
-            self._count.value -= 1
+        REJECTED.labels(self.model, rejection.reason).inc()
+        return rejection
+
+    def _refusal(self, requests: int, queued: int, instances: int) -> Rejected | None:
+        if requests >= self.limit:
+            message = f"too many requests queued for {self.model} (limit {self.limit}); retry"
+            return Rejected("overload", message)
+        target = self.latency_target_s
+        if target is None or self.costs is None:
+            return None
+        alpha, beta, workers = self.costs.line()
+        if workers == 0:
+            return None  # no worker has learned its cost yet: only the hard cap applies
+        predicted = predicted_answer_s(queued, instances, alpha, beta, workers, self.max_batch_size)
+        if predicted <= target:
+            return None
+        return Rejected(
+            "latency_target",
+            f"{self.model} would answer in about {predicted * 1000:.0f} ms, over its latency target of "
+            f"{target * 1000:.0f} ms; retry",
+            retry_after_s(predicted, target),
+        )
+
+    def leave(self, instances: int) -> None:
+        """The request admitted with ``instances`` is answered (or failed): it no longer waits."""
+        with self._lock:
+            self._queue[0] -= 1
+            self._queue[1] -= instances
 
     @property
     def in_flight(self) -> int:
-        return self._count.value
+        return self._queue[0]
+
+    @property
+    def queued_instances(self) -> int:
+        return self._queue[1]
 
 
 class DrainSwitch:

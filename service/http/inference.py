@@ -23,7 +23,7 @@ import orjson
 from starlette.types import Receive, Send
 
 from models.base import InputSpec, OutputSpec
-from service.http.admission import AdmissionGate, DrainSwitch
+from service.http.admission import AdmissionGate, DrainSwitch, Rejected
 from service.http.asgi import Headers, header, read_body, send_response
 from service.http.codec import ClientError
 from service.http.worker_client import ModelWorkers, WorkerUnavailable
@@ -123,7 +123,6 @@ class InferenceRoute:
         self.drain = drain
         self.counter = RequestCounter(settings.model, self.protocol)
         self.tracer: RequestTracer | None = None  # set in each API server when tracing is on
-        self._overload = REJECTED.labels(settings.model, "overload")
         self._draining = REJECTED.labels(settings.model, "draining")
 
     # -- the protocol's part
@@ -147,6 +146,9 @@ class InferenceRoute:
             status = error.status
             extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
             await send_error(send, status, error.message, request_id, extra)
+        except Rejected as rejection:  # refused at the door (issue 17): Retry-After from the prediction
+            status = 503
+            await send_error(send, status, str(rejection), request_id, rejection.headers)
         except WorkerUnavailable as error:
             status = 503
             await send_error(send, status, str(error), request_id, [RETRY_AFTER])
@@ -183,16 +185,16 @@ class InferenceRoute:
             raise WorkerUnavailable("server is shutting down; retry on another replica")
         if traced is None:
             decoded = self.decode(scope, body)
-            self._admit()
+            instances = self._admit(decoded)
         else:
             with traced.phase("decode"):
                 decoded = self.decode(scope, body)
             with traced.phase("admission"):
-                self._admit()
+                instances = self._admit(decoded)
         try:
             status, payload = await self._run(decoded, request_id, traced)
         finally:
-            self.gate.leave()
+            self.gate.leave(instances)
         if status != 200:
             await send_error(send, status, payload.decode(), request_id)
             return status
@@ -205,12 +207,12 @@ class InferenceRoute:
         await send_response(send, 200, answer.body, answer.content_type, headers)
         return 200
 
-    def _admit(self) -> None:
-        if not self.gate.try_enter():
-            self._overload.inc()
-            raise WorkerUnavailable(
-                f"too many requests queued for {self.settings.model} (limit {self.gate.limit}); retry"
-            )
+    def _admit(self, decoded: Decoded) -> int:
+        """Admission by predicted completion (the gate counts refusals); the instances admitted."""
+        instances = len(decoded.instances)
+        if (rejection := self.gate.admit(instances)) is not None:
+            raise rejection
+        return instances
 
     async def _run(self, decoded: Decoded, request_id: str, traced: RequestTrace | None) -> tuple[int, bytes]:
         """Send the instances to a worker and wait for its answer, at most until the deadline."""

@@ -77,8 +77,14 @@ MODEL_FORWARD = Histogram(
 )
 REJECTED = Counter(
     "hookserve_rejected_requests_total",
-    "Requests refused before reaching a worker, by reason (overload, draining).",
+    "Requests refused before reaching a worker, by reason (overload, latency_target, draining).",
     ["model", "reason"],
+)
+BATCH_COST = Gauge(
+    "hookserve_batch_cost_seconds",
+    "Forward time of one batch as the worker's learned cost model predicts it, per batch-size bucket.",
+    ["model", "batch_bucket"],
+    multiprocess_mode="mostrecent",
 )
 WORKER_RESTARTS = Counter(
     "hookserve_worker_restarts_total",

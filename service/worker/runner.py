@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -56,14 +57,21 @@ class ModelRunner:
     """Runs batches of one model (see the module docstring)."""
 
     def __init__(
-        self, config: ModelServeConfig, model: ServableModel, device: torch.device, monitor: Any = None
+        self,
+        config: ModelServeConfig,
+        model: ServableModel,
+        device: torch.device,
+        monitor: Any = None,
+        observe_cost: Callable[[int, float], None] | None = None,
     ) -> None:
+        """``observe_cost(batch_size, seconds)`` learns from each forward pass (the scheduling cost model)."""
         self.config = config
         self.model_name = config.name
         self.model = model
         self.device = device
         self.monitor = monitor
         self._forward_seconds = MODEL_FORWARD.labels(config.name)
+        self._observe_cost = observe_cost
         self._shadow_input: tuple[torch.Tensor, torch.Tensor] | None = None  # (x, output) to shadow
         self._shadow_failed = False
 
@@ -83,7 +91,10 @@ class ModelRunner:
                 probabilities = self.model(x)
         result = probabilities.float().cpu().numpy()  # the copy to host synchronizes the device
         synchronize(self.device)
-        self._forward_seconds.observe(time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        self._forward_seconds.observe(elapsed)
+        if self._observe_cost is not None:
+            self._observe_cost(len(instances), elapsed)
         if monitor is not None and monitor.shadow_due:
             self._shadow_input = (x, probabilities)  # run in fp32 once the replies are sent
         return result

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -105,16 +105,28 @@ def calibration_batch(model: ServableModel, dataset: str | None, size: int = 256
     return example_batch(model.input_spec, min(size, 64), seed=1)
 
 
-def warm_up(model: ServableModel, device: torch.device, precision: str, max_batch_size: int) -> float:
-    """Run a few batches of typical sizes so the first request pays no lazy-initialization cost."""
+def warm_up(
+    model: ServableModel,
+    device: torch.device,
+    precision: str,
+    max_batch_size: int,
+    observe: Callable[[int, float], None] | None = None,
+) -> float:
+    """Run a few batches of typical sizes so the first request pays no lazy-initialization cost.
+
+    ``observe(batch_size, seconds)`` gets each size's second, warmed-up forward time (it seeds the cost
+    model the scheduler learns)."""
     start = time.perf_counter()
     sizes = sorted({1, min(8, max_batch_size), max_batch_size})
     for size in sizes:
         x = example_batch(model.input_spec, size).to(device)
         for _ in range(2):
+            began = time.perf_counter()
             with serving_mode(model, device, precision):
                 model(x)
-    synchronize(device)
+            synchronize(device)
+        if observe is not None:
+            observe(size, time.perf_counter() - began)
     return time.perf_counter() - start
 
 

@@ -32,6 +32,8 @@ from service.monitoring.metrics import (
 )
 from service.monitoring.shadow import OUTPUT
 from service.orphans import die_with_parent
+from service.scheduling.board import CostBoard
+from service.scheduling.tracker import CostTracker
 from service.worker.batching import BatchRunner, collect
 from service.worker.inbox import Connection, Inbox
 from service.worker.runner import ModelRunner, attach_monitor
@@ -62,12 +64,17 @@ class ModelWorker:
     """
 
     def __init__(
-        self, config: ModelServeConfig, states: WorkerStates, tracing: TracingSettings | None = None
+        self,
+        config: ModelServeConfig,
+        states: WorkerStates,
+        costs: CostBoard | None = None,
+        tracing: TracingSettings | None = None,
     ) -> None:
         self.config = config
         self.model_name = config.name
         self.states = states
         self.tracing = tracing
+        self.cost = CostTracker(config.name, config.max_batch_size, costs)  # the learned batch cost
         self.worker_id = 0
         self.runner: ModelRunner | None = None
 
@@ -90,8 +97,9 @@ class ModelWorker:
         model = model.to(device).eval()
         report = self._check_precision(model, device, card.dataset)
         monitor = attach_monitor(cfg, model, device)
-        self.runner = ModelRunner(cfg, model, device, monitor)
-        warm_seconds = warm_up(model, device, cfg.precision, cfg.max_batch_size)
+        self.runner = ModelRunner(cfg, model, device, monitor, observe_cost=self.cost.observe)
+        self.cost.attach(worker_id)
+        warm_seconds = warm_up(model, device, cfg.precision, cfg.max_batch_size, observe=self.cost.seed)
         self._export_start_metrics(report, monitored=monitor is not None)
         write_report(
             cfg.name,

@@ -1,0 +1,109 @@
+"""Admission at the door, in-process: the hard cap, the latency target from the published cost line, what
+a refusal carries (reason, Retry-After), and that the shared queue counts stay right across processes."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import pytest
+from prometheus_client import REGISTRY
+
+from service.http.admission import AdmissionGate, Rejected
+from service.scheduling.board import CostBoard
+
+
+def rejected_count(model: str, reason: str) -> float:
+    labels = {"model": model, "reason": reason}
+    return REGISTRY.get_sample_value("hookserve_rejected_requests_total", labels) or 0
+
+
+def gate_with_cost(model: str, target_s: float | None, limit: int = 1000) -> tuple[AdmissionGate, CostBoard]:
+    board = CostBoard({model: 1})
+    gate = AdmissionGate(limit, model, latency_target_s=target_s, costs=board.costs(model), max_batch_size=8)
+    return gate, board
+
+
+def admit_until_refused(gate: AdmissionGate, instances: int) -> tuple[int, Rejected]:
+    admitted = 0
+    while (rejection := gate.admit(instances)) is None:
+        admitted += 1
+        assert admitted < 10_000
+    return admitted, rejection
+
+
+def test_the_hard_cap_refuses_with_overload() -> None:
+    gate = AdmissionGate(3, "capped")
+    before = rejected_count("capped", "overload")
+    admitted, rejection = admit_until_refused(gate, 1)
+    assert admitted == 3 and rejection.reason == "overload" and rejection.retry_after_s == 1
+    assert "too many requests queued for capped (limit 3)" in str(rejection)
+    assert rejected_count("capped", "overload") == before + 1
+    gate.leave(1)
+    assert gate.admit(1) is None
+
+
+def test_the_latency_target_admits_while_the_predicted_answer_meets_it() -> None:
+    gate, board = gate_with_cost("targeted", target_s=0.2)
+    board.publish("targeted", 0, 0.001, 0.02)  # t(b) = 1 ms * b + 20 ms, batches of at most 8
+    # 4-instance requests: with q queued, ahead = q + 4, predicted = ahead * 1 ms + ceil(ahead / 8) * 20 ms.
+    # ahead 56 -> 56 + 140 = 196 ms (admitted); ahead 60 -> 60 + 160 = 220 ms (refused): 14 fit.
+    before = rejected_count("targeted", "latency_target")
+    admitted, rejection = admit_until_refused(gate, 4)
+    assert admitted == 14 and gate.queued_instances == 56 and gate.in_flight == 14
+    assert rejection.reason == "latency_target" and rejection.retry_after_s == 1
+    assert "220 ms, over its latency target of 200 ms" in str(rejection)
+    assert rejection.headers == [(b"retry-after", b"1")]
+    assert rejected_count("targeted", "latency_target") == before + 1
+
+
+def test_a_smaller_request_can_fit_where_a_larger_one_does_not() -> None:
+    gate, board = gate_with_cost("sizes", target_s=0.2)
+    board.publish("sizes", 0, 0.001, 0.02)
+    for _ in range(13):
+        assert gate.admit(4) is None  # 52 queued
+    assert gate.admit(8) is not None  # ahead 60: 220 ms
+    assert gate.admit(4) is None  # ahead 56: 196 ms
+
+
+def test_retry_after_grows_with_the_excess_over_the_target() -> None:
+    gate, board = gate_with_cost("slowpoke", target_s=0.5)
+    board.publish("slowpoke", 0, 0.1, 0.0)  # 100 ms per instance
+    rejection = gate.admit(40)  # 4 s predicted, 3.5 s over the target
+    assert rejection is not None and rejection.retry_after_s == 4
+
+
+def test_without_a_published_cost_or_a_target_only_the_cap_applies() -> None:
+    unseeded, _ = gate_with_cost("unseeded", target_s=0.001)  # no worker has warmed up yet
+    assert admit_until_refused(unseeded, 64)[1].reason == "overload"
+    untargeted, board = gate_with_cost("untargeted", target_s=None)
+    board.publish("untargeted", 0, 1.0, 1.0)  # whatever it costs
+    assert admit_until_refused(untargeted, 64)[1].reason == "overload"
+
+
+def test_leave_gives_the_room_back() -> None:
+    gate, board = gate_with_cost("cycle", target_s=0.2)
+    board.publish("cycle", 0, 0.001, 0.02)
+    admitted, _ = admit_until_refused(gate, 4)
+    for _ in range(admitted):
+        gate.leave(4)
+    assert gate.in_flight == 0 and gate.queued_instances == 0
+    assert admit_until_refused(gate, 4)[0] == admitted
+
+
+def _churn(gate: AdmissionGate, rounds: int) -> None:
+    for _ in range(rounds):
+        if gate.admit(3) is None:
+            gate.leave(3)
+
+
+@pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="API servers are forked (POSIX)")
+def test_counts_stay_exact_with_several_api_server_processes() -> None:
+    gate, board = gate_with_cost("shared", target_s=0.2, limit=50)
+    board.publish("shared", 0, 0.001, 0.02)
+    processes = [mp.get_context("fork").Process(target=_churn, args=(gate, 2000)) for _ in range(4)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+    assert [p.exitcode for p in processes] == [0] * 4
+    assert gate.in_flight == 0 and gate.queued_instances == 0
