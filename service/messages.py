@@ -30,6 +30,7 @@ class InferRequest(NamedTuple):
     answer_format: int  # what a 200 carries: PREDICTIONS_JSON or PROBABILITIES_F32
     request_id: str  # names the request in the worker's log lines
     trace: str | None = None  # W3C traceparent of a sampled request's server span; None: not traced
+    priority: int = 1  # 1 is the highest; the worker batches higher priorities first
 
     @property
     def size(self) -> int:

@@ -68,3 +68,30 @@ def test_expired_requests_get_504_without_running() -> None:
     assert runner.forwards == [1]
     assert BatchRunner(runner).run_batch([request(3, [1], deadline=0.0)])[0].status == 504
     assert runner.forwards == [1]
+
+
+def test_pending_requests_serve_higher_priority_first_then_arrival_order() -> None:
+    from service.worker.pending import PendingRequests
+
+    pending = PendingRequests()
+    arrivals = [(uid, priority) for uid, priority in [(1, 2), (2, 1), (3, 2), (4, 1), (5, 3)]]
+    for uid, priority in arrivals:
+        pending.append(("conn-a" if uid % 2 else "conn-b", request(uid, [1])._replace(priority=priority)))
+    assert len(pending) == 5 and pending[0][1].uid == 2
+    assert [r.uid for _, r in pending] == [2, 4, 1, 3, 5]
+    pending.drop_connection("conn-b")  # uids 2 and 4 came on it
+    assert len(pending) == 3
+    assert [pending.popleft()[1].uid for _ in range(3)] == [1, 3, 5]
+    assert not pending
+
+
+def test_batches_stop_at_the_learned_throughput_peak() -> None:
+    from service.scheduling.tracker import CostTracker
+
+    tracker = CostTracker(f"peak-{next(_names)}", max_batch_size=64, export_interval_s=0.0)
+    # per-instance cost rises past 8 (the `mid` peer's shape): 8 instances/ms at b8, fewer beyond
+    curve = {1: 0.5e-3, 2: 0.6e-3, 4: 0.8e-3, 8: 1.0e-3, 16: 2.6e-3, 32: 6.0e-3, 64: 13e-3}
+    for _ in range(60):
+        for size, seconds in curve.items():
+            tracker.observe(size, seconds)
+    assert tracker.best_batch_size == 8

@@ -86,6 +86,12 @@ BATCH_COST = Gauge(
     ["model", "batch_bucket"],
     multiprocess_mode="mostrecent",
 )
+BATCH_BEST_SIZE = Gauge(
+    "hookserve_batch_best_size",
+    "The batch size of highest throughput on the learned cost curve: the worker's batches stop there.",
+    ["model"],
+    multiprocess_mode="mostrecent",
+)
 WORKER_RESTARTS = Counter(
     "hookserve_worker_restarts_total",
     "Inference workers restarted after they died (SIGKILL, segfault, OOM kill, failed start-up).",

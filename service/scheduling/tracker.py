@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from service.monitoring.metrics import BATCH_COST
+from service.monitoring.metrics import BATCH_BEST_SIZE, BATCH_COST
+from service.scheduling.batch_policy import best_size
 from service.scheduling.board import CostBoard
 from service.scheduling.cost_model import CostModel, bucket_sizes
 
@@ -25,6 +26,10 @@ class CostTracker:
         self.model = model
         self.cost = CostModel()
         self.buckets = bucket_sizes(max_batch_size)
+        self.max_batch_size = max_batch_size
+        # Where batches stop: the curve's throughput peak, re-read with the export (at most once a
+        # second), so forming a batch costs one attribute read.
+        self.best_batch_size = max_batch_size
         self._board = board
         self._worker: int | None = None
         self._export_interval_s = export_interval_s
@@ -56,3 +61,5 @@ class CostTracker:
             self._gauges = [(size, BATCH_COST.labels(self.model, str(size))) for size in self.buckets]
         for size, gauge in self._gauges:
             gauge.set(cost.predict(size))
+        self.best_batch_size = best_size(cost.predict, self.max_batch_size, cost.knots())
+        BATCH_BEST_SIZE.labels(self.model).set(self.best_batch_size)

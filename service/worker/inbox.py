@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
-from collections import deque
 from pathlib import Path
 
-from service.messages import FrameDecoder, InferReply, InferRequest, encode_frame
+from service.messages import FrameDecoder, InferReply, encode_frame
+from service.worker.pending import PendingRequests
 
 logger = logging.getLogger(__name__)
 READ_CHUNK = 1 << 20
@@ -44,7 +44,7 @@ class Inbox:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._listener, selectors.EVENT_READ, None)
         self._accepted = 0
-        self.pending: deque[tuple[Connection, InferRequest]] = deque()
+        self.pending = PendingRequests()
 
     def poll(self, timeout: float | None) -> None:
         """Wait up to ``timeout`` seconds (``0``: not at all) for data, then queue every complete request."""
@@ -89,7 +89,7 @@ class Inbox:
         except (KeyError, ValueError):
             return  # already closed
         connection.sock.close()
-        self.pending = deque(item for item in self.pending if item[0] is not connection)
+        self.pending.drop_connection(connection)
 
     def close(self) -> None:
         for key in list(self._selector.get_map().values()):
