@@ -1,0 +1,170 @@
+"""Overload with and without a latency target, in one run: what the answered requests waited, what
+was refused, and the goodput.
+
+``python -m benchmarks.overload [--model digits-transformer] [--instances 64] [--connections 256]
+[--processes 2] [--duration 15] [--target-ms 500] [--device cpu] [--precision fp32]``
+
+Two servers serve the same model, one with ``latency_target_ms`` and one without (today's admission by
+count only); each is flooded in turn by closed-loop connections that send a request of ``--instances``
+instances, wait for its answer, and send the next at once (a client with no retry budget: the worst case
+for a server that sheds). The client records every answer's status and latency, so the table gives the
+p50/p99 of the 200s alone, the counts of 503 and 504, and goodput (instances answered with 200 per s).
+``--priority-share`` sends that share of requests as priority 1 (``X-Priority: 1``), the rest as 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import orjson
+import requests
+
+from benchmarks.servers import start_hookserve
+
+
+async def _connection(port: int, bodies: list[bytes], stop_at: float, out: list) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    index = 0
+    try:
+        while time.perf_counter() < stop_at:
+            body = bodies[index % len(bodies)]
+            index += 1
+            start = time.perf_counter()
+            writer.write(body)
+            status_line = await reader.readline()
+            if not status_line:
+                out.append((0, time.perf_counter() - start, 0))
+                return
+            length = 0
+            priority = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            priority = 1 if b"X-Priority: 1\r\n" in body[:400] else 2
+            out.append((int(status_line.split(b" ", 2)[1]), time.perf_counter() - start, priority))
+    except (ConnectionError, asyncio.IncompleteReadError):
+        out.append((0, 0.0, 0))
+    finally:
+        writer.close()
+
+
+def _client(
+    port: int, path: str, payload: bytes, connections: int, duration: float, share: float, queue: mp.Queue
+) -> None:
+    def request(priority: int) -> bytes:
+        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"X-Priority: {priority}\r\nContent-Length: {len(payload)}\r\n\r\n")  # fmt: skip
+        return head.encode() + payload
+
+    high, low = request(1), request(2)
+    every = round(1 / share) if share > 0 else 0
+    out: list = []
+
+    async def run() -> None:
+        stop_at = time.perf_counter() + duration
+        tasks = []
+        for i in range(connections):
+            bodies = [high if every and (i + k) % every == 0 else low for k in range(max(every, 1))]
+            tasks.append(_connection(port, bodies, stop_at, out))
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(run())
+    queue.put(out)
+
+
+def flood(port: int, model: str, payload: bytes, args: argparse.Namespace) -> dict:
+    queue: mp.Queue = mp.Queue()
+    per = max(1, args.connections // args.processes)
+    path = f"/v1/models/{model}:predict"
+    procs = [
+        mp.Process(target=_client, args=(port, path, payload, per, args.duration, args.priority_share, queue))
+        for _ in range(args.processes)
+    ]
+    for p in procs:
+        p.start()
+    results = [record for _ in procs for record in queue.get()]
+    for p in procs:
+        p.join()
+    statuses = Counter(status for status, _, _ in results)
+    ok = sorted(latency for status, latency, _ in results if status == 200)
+    ok_high = sorted(latency for status, latency, priority in results if status == 200 and priority == 1)
+
+    def pct(values: list[float], q: float) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))] * 1e3 if values else float("nan")
+
+    return {
+        "200": statuses.get(200, 0), "503": statuses.get(503, 0), "504": statuses.get(504, 0),
+        "other": sum(n for s, n in statuses.items() if s not in (200, 503, 504)),
+        "p50_ms": pct(ok, 0.5), "p99_ms": pct(ok, 0.99), "max_ms": pct(ok, 1.0),
+        "p99_priority1_ms": pct(ok_high, 0.99),
+        "goodput": statuses.get(200, 0) * args.instances / args.duration,
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="digits-transformer")
+    parser.add_argument("--instances", type=int, default=64)
+    parser.add_argument("--connections", type=int, default=256)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--target-ms", type=float, default=500.0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--priority-share", type=float, default=0.0)
+    parser.add_argument("--api-servers", type=int, default=2)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="overload-"))
+
+    def config(target: float | None) -> dict:
+        model = {"name": args.model, "device": args.device, "precision": args.precision, "torch_threads": 1}
+        model |= {"max_batch_size": 64, "max_instances_per_request": args.instances}
+        model |= {"min_precision_agreement": 0.5}
+        if target is not None:
+            model["latency_target_ms"] = target
+        return {"server": {"api_servers": args.api_servers, "log_level": "warning"}, "models": [model]}
+
+    rows = {}
+    for label, target in (("no target", None), (f"target {args.target_ms:g} ms", args.target_ms)):
+        server = start_hookserve(f"overload-{'t' if target else 'n'}", config(target), workdir)
+        try:
+            if not server.wait_ready(300):
+                raise SystemExit(f"hookserve did not start: {server.failure}\n{server.log()[-2000:]}")
+            spec = requests.get(f"{server.base_url}/v1/models/{args.model}", timeout=10).json()["input"]
+            x = np.random.default_rng(0).uniform(0, 1, (args.instances, *spec["shape"])).astype(np.float32)
+            payload = orjson.dumps({"instances": x.tolist()})
+            for _ in range(3):  # warm the path (and the cost model)
+                requests.post(f"{server.base_url}/v1/models/{args.model}:predict", data=payload, timeout=60)
+            rows[label] = flood(server.port, args.model, payload, args)
+        finally:
+            server.stop()
+    base = rows["no target"]["goodput"] or float("nan")
+    load = f"{args.connections} connections x {args.instances} instances, {args.duration:g} s each"
+    print(f"{args.model} ({args.device}, {args.precision}), {load}")
+    print("| admission | 200 | 503 | 504 | p50 ms (200s) | p99 ms (200s) | max ms | goodput inst/s | x none |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, r in rows.items():
+        print(f"| {label} | {r['200']} | {r['503']} | {r['504']} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+              f"{r['max_ms']:.0f} | {r['goodput']:,.0f} | {r['goodput'] / base:.2f} |")  # fmt: skip
+    if args.priority_share:
+        for label, r in rows.items():
+            print(f"{label}: p99 of priority-1 answers {r['p99_priority1_ms']:.0f} ms")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
