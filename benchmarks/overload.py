@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     base = rows["no target"]["goodput"] or float("nan")
     load = f"{args.connections} connections x {args.instances} instances, {args.duration:g} s each"
     print(f"{args.model} ({args.device}, {args.precision}), {load}")
-    print("| admission | 200 | 503 | 504 | p50 ms (200s) | p99 ms (200s) | max ms | goodput inst/s | x none |")
+    print("| admission | 200 | 503 | 504 | p50 ms (200s) | p99 ms (200s) | max ms | goodput/s | x none |")
     print("|---|---|---|---|---|---|---|---|---|")
     for label, r in rows.items():
         print(f"| {label} | {r['200']} | {r['503']} | {r['504']} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
