@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         model |= {"min_precision_agreement": 0.5}
         if target is not None:
             model["latency_target_ms"] = target
-        return {"server": {"api_servers": args.api_servers, "log_level": "warning"}, "models": [model]}
+        server = {"api_servers": args.api_servers, "log_level": "warning", "max_payload_bytes": 64 << 20}
+        return {"server": server, "models": [model]}
 
     rows = {}
     for label, target in (("no target", None), (f"target {args.target_ms:g} ms", args.target_ms)):
