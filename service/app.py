@@ -74,6 +74,7 @@ def build_server(config: HookserveConfig, repository: ModelRepository | None = N
             latency_target_s=None if target_ms is None else target_ms / 1000.0,
             costs=costs.costs(model_cfg.name),
             max_batch_size=model_cfg.max_batch_size,
+            priority_levels=model_cfg.priority_levels,
         )
         workers.append(ModelWorker(model_cfg, states, costs, tracing))
         for reason in REASONS:  # exported at 0, so increase() sees the first one

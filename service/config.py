@@ -146,6 +146,12 @@ class ModelServeConfig(_Strict):
         description="Refuse at once (503 + Retry-After) a request whose predicted time to answer, from the "
         "queue and the learned batch cost, exceeds this; unset: only max_queued_requests limits admission.",
     )
+    priority_levels: int = Field(
+        default=2, ge=1, le=8, description="Request priorities 1 (highest) .. priority_levels (Triton's)."
+    )
+    default_priority: int | None = Field(
+        default=None, ge=1, description="The priority of a request that sets none; unset: the lowest level."
+    )
     min_precision_agreement: float = Field(
         default=0.99, ge=0, le=1, description="Top-1 agreement with fp32 required at start-up (bf16/fp16)."
     )
@@ -196,6 +202,16 @@ class HookserveConfig(_Strict):
                 raise ValueError(
                     f"model {m.name}: latency_target_ms ({m.latency_target_ms:g}) must be below the "
                     f"request deadline server.request_timeout_s ({deadline_ms:g} ms): past it, a 504 anyway"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _default_priority_is_a_level(self) -> HookserveConfig:
+        for m in self.models:
+            if m.default_priority is not None and m.default_priority > m.priority_levels:
+                raise ValueError(
+                    f"model {m.name}: default_priority {m.default_priority} is not one of its "
+                    f"priority_levels (1..{m.priority_levels})"
                 )
         return self
 

@@ -107,3 +107,34 @@ def test_counts_stay_exact_with_several_api_server_processes() -> None:
         process.join(60)
     assert [p.exitcode for p in processes] == [0] * 4
     assert gate.in_flight == 0 and gate.queued_instances == 0
+
+
+def test_a_request_waits_only_for_its_own_and_higher_priorities() -> None:
+    board = CostBoard({"prio": 1})
+    gate = AdmissionGate(1000, "prio", 0.2, board.costs("prio"), max_batch_size=8, priority_levels=2)
+    board.publish("prio", 0, 0.001, 0.02)  # the same curve as above: 14 requests of 4 fit in 200 ms
+    admitted_low, refused_low = 0, None
+    while (refused_low := gate.admit(4, priority=2)) is None:
+        admitted_low += 1
+    assert admitted_low == 14 and refused_low.reason == "latency_target"  # priority 2 is now shed...
+    admitted_high = 0
+    while gate.admit(4, priority=1) is None:
+        admitted_high += 1
+    assert admitted_high == 14  # ...while priority 1 still gets in: the low queue is not ahead of it
+    assert gate.admit(4, priority=2) is not None  # and priority 2 waits behind both
+    for _ in range(admitted_high):
+        gate.leave(4, priority=1)
+    assert gate.queued_instances == 56 and gate.admit(4, priority=1) is None
+
+
+def test_a_request_predicted_to_miss_its_own_timeout_is_refused_at_once() -> None:
+    gate, board = gate_with_cost("own-deadline", target_s=None)
+    board.publish("own-deadline", 0, 0.001, 0.02)
+    before = rejected_count("own-deadline", "deadline")
+    assert gate.admit(4, timeout_s=0.05) is None  # ahead 4: 4 ms + 20 ms
+    for _ in range(10):
+        assert gate.admit(4) is None  # no target: the queue grows
+    rejection = gate.admit(4, timeout_s=0.05)
+    assert rejection is not None and rejection.reason == "deadline"
+    assert "after the request's own timeout of 50 ms" in str(rejection)
+    assert rejected_count("own-deadline", "deadline") == before + 1

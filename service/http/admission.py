@@ -22,7 +22,7 @@ from service.http.worker_client import WorkerUnavailable
 from service.scheduling.board import ModelCosts
 from service.scheduling.prediction import predicted_answer_s, retry_after_s
 
-REASONS = ("overload", "latency_target", "draining")  # hookserve_rejected_requests_total{reason}
+REASONS = ("overload", "latency_target", "deadline", "draining")  # hookserve_rejected_requests_total{reason}
 
 
 class Rejected(WorkerUnavailable):
@@ -48,24 +48,33 @@ class AdmissionGate:
         latency_target_s: float | None = None,
         costs: ModelCosts | None = None,
         max_batch_size: int = 1,
+        priority_levels: int = 1,
     ) -> None:
         self.limit = limit
         self.model = model
         self.latency_target_s = latency_target_s
         self.costs = costs
         self.max_batch_size = max_batch_size
+        self.priority_levels = priority_levels
         self._lock = mp.Lock()
-        self._queue = mp.RawArray("q", 2)  # requests, instances admitted and not yet answered
+        # requests admitted and not yet answered, then their instances per priority level (1 first)
+        self._queue = mp.RawArray("q", 1 + priority_levels)
 
-    def admit(self, instances: int) -> Rejected | None:
+    def admit(self, instances: int, priority: int = 1, timeout_s: float | None = None) -> Rejected | None:
         """Admit a request of ``instances`` (count it in the queue) or say why not; a refusal is counted
-        in ``hookserve_rejected_requests_total``."""
+        in ``hookserve_rejected_requests_total``.
+
+        Workers batch higher priorities first, so a request waits only for the work of its own priority
+        and higher: its prediction counts that work alone, and under overload the lowest priority is the
+        first refused. ``timeout_s``, the request's own deadline, refuses it at once (reason
+        ``deadline``) when it is predicted to miss it."""
         queue = self._queue
         with self._lock:
-            rejection = self._refusal(queue[0], queue[1], instances)
+            ahead = sum(queue[1 : 1 + priority])
+            rejection = self._refusal(queue[0], ahead, instances, timeout_s)
             if rejection is None:
                 queue[0] += 1
-                queue[1] += instances
+                queue[priority] += instances
                 return None
         # Imported here: service.lifecycle imports this module before PROMETHEUS_MULTIPROC_DIR is set.
         from service.monitoring.metrics import REJECTED
@@ -73,31 +82,40 @@ class AdmissionGate:
         REJECTED.labels(self.model, rejection.reason).inc()
         return rejection
 
-    def _refusal(self, requests: int, queued: int, instances: int) -> Rejected | None:
+    def _refusal(
+        self, requests: int, queued: int, instances: int, timeout_s: float | None
+    ) -> Rejected | None:
         if requests >= self.limit:
             message = f"too many requests queued for {self.model} (limit {self.limit}); retry"
             return Rejected("overload", message)
         target = self.latency_target_s
-        if target is None or self.costs is None:
+        if (target is None and timeout_s is None) or self.costs is None:
             return None
         alpha, beta, workers = self.costs.line()
         if workers == 0:
             return None  # no worker has learned its cost yet: only the hard cap applies
         predicted = predicted_answer_s(queued, instances, alpha, beta, workers, self.max_batch_size)
-        if predicted <= target:
-            return None
-        return Rejected(
-            "latency_target",
-            f"{self.model} would answer in about {predicted * 1000:.0f} ms, over its latency target of "
-            f"{target * 1000:.0f} ms; retry",
-            retry_after_s(predicted, target),
-        )
+        if target is not None and predicted > target:
+            return Rejected(
+                "latency_target",
+                f"{self.model} would answer in about {predicted * 1000:.0f} ms, over its latency target of "
+                f"{target * 1000:.0f} ms; retry",
+                retry_after_s(predicted, target),
+            )
+        if timeout_s is not None and predicted > timeout_s:
+            return Rejected(
+                "deadline",
+                f"{self.model} would answer in about {predicted * 1000:.0f} ms, after the request's own "
+                f"timeout of {timeout_s * 1000:.0f} ms; retry",
+                retry_after_s(predicted, timeout_s),
+            )
+        return None
 
-    def leave(self, instances: int) -> None:
+    def leave(self, instances: int, priority: int = 1) -> None:
         """The request admitted with ``instances`` is answered (or failed): it no longer waits."""
         with self._lock:
             self._queue[0] -= 1
-            self._queue[1] -= instances
+            self._queue[priority] -= instances
 
     @property
     def in_flight(self) -> int:
@@ -105,7 +123,7 @@ class AdmissionGate:
 
     @property
     def queued_instances(self) -> int:
-        return self._queue[1]
+        return sum(self._queue[1:])
 
 
 class DrainSwitch:
