@@ -16,7 +16,7 @@ import torch
 from prometheus_client import REGISTRY
 
 from service.config import ModelServeConfig
-from service.messages import PREDICTIONS_JSON
+from service.messages import PREDICTIONS_JSON, InferRequest
 from service.monitoring.origin import ROOT, bad_rows, locate_origins, origin_label
 from service.worker.batching import InstanceBatchingLoop
 from service.worker.worker import NONFINITE_ERROR, ModelWorker
@@ -88,8 +88,8 @@ def make_worker(name: str, precision: str = "fp32") -> ModelWorker:
     return worker
 
 
-def request(uid: int, instances: list[list[float]]) -> tuple:
-    return (uid, float("inf"), 0.0, np.asarray(instances, dtype=np.float32), PREDICTIONS_JSON, f"req-{uid}")
+def request(uid: int, instances: list[list[float]]) -> InferRequest:
+    return InferRequest(uid, float("inf"), 0.0, np.asarray(instances, dtype=np.float32), PREDICTIONS_JSON, f"req-{uid}")
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
