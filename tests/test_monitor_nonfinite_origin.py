@@ -89,7 +89,9 @@ def make_worker(name: str, precision: str = "fp32") -> ModelWorker:
 
 
 def request(uid: int, instances: list[list[float]]) -> InferRequest:
-    return InferRequest(uid, float("inf"), 0.0, np.asarray(instances, dtype=np.float32), PREDICTIONS_JSON, f"req-{uid}")
+    return InferRequest(
+        uid, float("inf"), 0.0, np.asarray(instances, dtype=np.float32), PREDICTIONS_JSON, f"req-{uid}"
+    )
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -176,7 +176,9 @@ def test_the_worker_runs_the_shadow_after_the_replies_are_sent() -> None:
     worker.torch_device = torch.device("cpu")
     worker.model = build()
     worker.monitor = worker._attach_monitor()
-    request = InferRequest(1, float("inf"), 0.0, np.asarray([HEALTHY] * 3, dtype=np.float32), PREDICTIONS_JSON, "r-1")
+    request = InferRequest(
+        1, float("inf"), 0.0, np.asarray([HEALTHY] * 3, dtype=np.float32), PREDICTIONS_JSON, "r-1"
+    )
     replies: dict = defaultdict(list)
     InstanceBatchingLoop().process(worker, [("a", request)], replies)
     assert replies["a"][0][1] == 200
