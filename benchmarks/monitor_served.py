@@ -28,7 +28,6 @@ import argparse
 import cProfile
 import importlib.util
 import io
-import math
 import pstats
 import statistics
 import sys
@@ -39,6 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from benchmarks.hook_overhead import percentile
 from service.monitoring import ModelMonitor, MonitorConfig
 from service.monitoring.metrics import MODEL_FORWARD
 from service.worker.runtime import serving_mode
@@ -109,11 +109,6 @@ def setups(
             on = monitor if config == "on" else on
         calls[config] = worker_call(copy, f"{name}-b{batch_size}-{config}", x, monitor, precision)
     return calls, on
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(math.ceil(q * len(ordered)) - 1, 0))]
 
 
 def measure(calls: dict[str, Callable[[], object]], rounds: int, round_s: float) -> dict[str, list[float]]:
