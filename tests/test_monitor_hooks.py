@@ -154,7 +154,7 @@ def test_bypass_detector_counts_a_child_forward_called_directly(caplog: pytest.L
     name = unique_name("bypass")
     monitor = ModelMonitor(model, name, every_batch())
     monitor.attach()
-    with caplog.at_level(logging.WARNING, logger="service.monitoring.monitor"):
+    with caplog.at_level(logging.WARNING, logger="service.monitoring.incidents"):
         run_batches(monitor, model, torch.randn(2, 4), n=3)
     monitor.detach()
 
@@ -255,3 +255,35 @@ def test_attach_returns_a_removable_handle() -> None:
     with again:
         run_batches(monitor, model, torch.randn(2, 8))
     assert not monitor.attached and all(not m._forward_hooks for m in model.modules())
+
+
+def test_a_hook_set_toggles_its_hooks_and_suspends_them_for_a_side_pass() -> None:
+    from service.monitoring.hooks import HookSet
+
+    layer = nn.Linear(2, 2)
+    seen: list[str] = []
+    hooks = HookSet(
+        pre=[(layer, lambda module, args: seen.append("pre"))],
+        post=[(layer, lambda module, args, output: seen.append("post"))],
+    )
+    x = torch.ones(1, 2)
+    layer(x)
+    assert seen == []  # registered on the first arm only
+    hooks.arm()
+    layer(x)
+    assert seen == ["pre", "post"]
+    with hooks.suspended():
+        layer(x)  # e.g. the shadow's fp32 pass or the NaN replay
+        assert not layer._forward_hooks and not layer._forward_pre_hooks
+    assert hooks.armed
+    layer(x)
+    assert seen == ["pre", "post"] * 2
+    hooks.disarm()
+    with hooks.suspended():
+        pass
+    assert not hooks.armed  # a disarmed set stays disarmed after a suspension
+    hooks.remove()
+    hooks.arm()  # registers afresh after remove()
+    assert len(layer._forward_hooks) == 1
+    hooks.remove()
+    assert not layer._forward_hooks and not layer._forward_pre_hooks

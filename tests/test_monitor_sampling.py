@@ -18,12 +18,15 @@ def simulate(
     stats: float,
     batches: int,
     unseen: float = 0.0,
+    wall_per_batch: float | None = None,
 ) -> float:
     """Drive the controller with fixed per-kind costs, half of each inside the forward; ``unseen`` is
     extra forward time, invisible to hook timers, of armed batches after idle ones (cold caches). The
-    realized mean cost."""
+    realized mean cost. With ``wall_per_batch``, each armed batch reports the pace of traffic since the
+    last one, as the monitor does."""
     total = 0.0
     after_idle = False
+    paced_at = 0
     for index in range(batches):
         is_armed, is_stats = controller.plan(index)
         cost = stats if is_stats else armed if is_armed else idle
@@ -31,6 +34,9 @@ def simulate(
             unseen_now = unseen if after_idle else 0.0
             cost += unseen_now
             timed = (cost - unseen_now) / 2
+            if wall_per_batch is not None:
+                controller.record_pace(index + 1 - paced_at, (index + 1 - paced_at) * wall_per_batch)
+                paced_at = index + 1
             controller.record_armed(forward + cost - timed, timed, timed, stats=is_stats)
         else:
             controller.record_idle(1, forward, cost)
@@ -120,3 +126,24 @@ def test_budget_scales_the_intervals(budget: float) -> None:
     controller = SamplingController(budget=budget)
     mean = simulate(controller, forward=1e-3, idle=0.5e-6, armed=10e-6, stats=500e-6, batches=50_000)
     assert mean <= budget * 1e-3 * 1.05
+
+
+def test_a_large_model_is_sampled_no_closer_in_time_than_the_metrics_need() -> None:
+    # Affordable on every batch (as above), but 6 batches a second: armed every 0.25 s, stats every 1 s.
+    controller = SamplingController(budget=0.03, min_armed_s=0.25, min_stats_s=1.0)
+    simulate(
+        controller, wall_per_batch=0.165, forward=150e-3, idle=1e-6, armed=1.3e-3, stats=5e-3, batches=400
+    )
+    assert controller.guard_every == 2  # ceil(0.25 / 0.165)
+    assert controller.stats_every == 8  # ceil(1 / 0.165) = 7, rounded up to a multiple of guard_every
+    assert controller.pace() == (2, 7)
+
+
+def test_pace_floors_leave_fixed_intervals_and_slow_traffic_alone() -> None:
+    fixed = SamplingController(budget=0.03, guard_every=1, stats_every=1, min_armed_s=0.25, min_stats_s=1.0)
+    simulate(fixed, wall_per_batch=0.01, forward=5e-3, idle=1e-6, armed=50e-6, stats=1e-3, batches=500)
+    assert (fixed.guard_every, fixed.stats_every) == (1, 1)
+    # One batch every 2 s: every batch is far enough apart, the budget alone decides.
+    slow = SamplingController(budget=0.03, min_armed_s=0.25, min_stats_s=1.0)
+    simulate(slow, wall_per_batch=2.0, forward=300e-3, idle=1e-6, armed=50e-6, stats=2e-3, batches=100)
+    assert (slow.guard_every, slow.stats_every) == (1, 1)

@@ -21,7 +21,7 @@ class FakeRunner:
         self.model_name = f"batching-{next(_names)}"
         self.forwards: list[int] = []
 
-    def forward(self, instances: np.ndarray) -> np.ndarray:
+    def predict(self, instances: np.ndarray) -> np.ndarray:
         self.forwards.append(len(instances))
         if (instances < 0).any():
             raise ValueError("negative input")

@@ -71,6 +71,12 @@ class MonitorConfig(BaseModel):
     # ``stats_every`` batches, per-module latency + non-finite + bypass checks every ``guard_every``.
     stats_every: int | None = Field(None, ge=1)
     guard_every: int | None = Field(None, ge=1)
+    # Adaptive intervals never sample more often than this, in seconds between armed batches and
+    # between stats batches: a few latency samples a second fill the histograms, gauges are refreshed
+    # once per publish_interval_s, and a large model that could afford hooks on every batch would
+    # otherwise pay for them on every batch (the fixed intervals above ignore these).
+    min_armed_interval_s: float = Field(0.25, ge=0.0)
+    min_stats_interval_s: float = Field(1.0, ge=0.0)
     # Stats and drift histograms read at most this many elements of each output (strided subsample).
     sample_elements: int = Field(4096, ge=16, le=1_000_000)
     latency: bool = True

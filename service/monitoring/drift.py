@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from service.monitoring.config import DriftConfig
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "hookserve-drift-reference/1"
 # Proportions below this are floored on both sides: an empty bin must not make PSI infinite.
@@ -83,6 +88,41 @@ def default_reference_path(model_name: str, checkpoint: str | Path | None = None
     from models.checkpoint import CHECKPOINT_DIR
 
     return CHECKPOINT_DIR / f"{model_name.replace(':', '_').replace('/', '_')}.reference.safetensors"
+
+
+def load_tracker(
+    model: nn.Module,
+    model_name: str,
+    config: DriftConfig,
+    module_names: list[str],
+    device: torch.device,
+    reference: Reference | None = None,
+) -> DriftTracker | None:
+    """A monitor's drift tracker (``reference``, else the file ``config.reference`` or the default path
+    names), or None, with the reason logged: drift is off, there is no reference, it was captured with
+    other weights (it would report drift on every module), or it covers none of ``module_names``."""
+    if not config.enabled or not module_names:
+        return None
+    if reference is None:
+        path = config.reference or default_reference_path(model_name)
+        if not Path(path).is_file():
+            logger.info("model %s: no drift reference at %s; drift is off", model_name, path)
+            return None
+        reference = Reference.load(path)
+        expected = reference.metadata.get("weights_sha256")
+        if expected and expected != weights_fingerprint(model):
+            logger.warning(
+                "model %s: drift reference %s was captured with other weights; drift is off "
+                "(recapture it: python -m service.monitoring.calibrate %s)",
+                model_name, path, model_name,
+            )  # fmt: skip
+            return None
+    with torch.inference_mode():
+        tracker = DriftTracker(reference, module_names, config.window_batches, device)
+    if not tracker.names:
+        logger.warning("model %s: drift reference covers none of the monitored modules", model_name)
+        return None
+    return tracker
 
 
 def weights_fingerprint(model: nn.Module) -> str:

@@ -9,17 +9,21 @@ What the hooks record goes into one :class:`ModuleProbe` per module: plain attri
 calls, no device syncs. The monitor reads and resets the probes after each batch.
 
 :class:`HookSet` keeps every :class:`~torch.utils.hooks.RemovableHandle` and the previous ``forward``
-attribute, so :meth:`HookSet.remove` leaves each module exactly as it found it.
+attribute, so :meth:`HookSet.remove` leaves each module exactly as it found it; the precision shadow
+toggles its own hooks with one too. :class:`MonitorHandle` is what attaching a monitor returns.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -93,28 +97,28 @@ class BatchFlags:
 
 
 class HookSet:
-    """Pre/post hooks and forward guards for a list of probes.
+    """Forward(-pre) hooks registered once, then only put into and taken out of their modules' hook
+    dicts; optionally a bypass guard on each probe's module while armed.
 
     :meth:`arm` registers the hooks the first time (keeping every handle) and later only puts them back
-    into the modules' hook dicts; :meth:`disarm` takes them out, so an idle batch runs nn.Module's fast
-    path. Re-registering costs ~6 us per module (a handle, weakrefs, dict churn), and measured cold
-    after idle batches ~17 us: toggling dict entries costs ~0.3 us. :meth:`remove` disarms and removes
-    every handle, leaving nothing behind.
+    into the modules' hook dicts; :meth:`disarm` takes them out, so a module whose dicts are empty again
+    runs nn.Module's fast path. Re-registering costs ~6 us per module (a handle, weakrefs, dict churn),
+    and measured cold after idle batches ~17 us: toggling dict entries costs ~0.3 us. :meth:`remove`
+    disarms and removes every handle, leaving nothing behind. The monitor's probes
+    (:func:`probe_hooks`) and the precision shadow's capture and compare hooks are each one set.
     """
 
     def __init__(
         self,
-        probes: list[ModuleProbe],
-        flags: BatchFlags,
-        on_bypass: Callable[[ModuleProbe], None],
+        pre: Sequence[tuple[nn.Module, Callable[..., Any]]] = (),
+        post: Sequence[tuple[nn.Module, Callable[..., Any]]] = (),
         *,
-        cuda: bool,
+        guarded: Sequence[ModuleProbe] = (),
+        on_bypass: Callable[[ModuleProbe], None] = lambda probe: None,
     ) -> None:
-        self._probes = probes
-        self._flags = flags
+        self._pre, self._post = list(pre), list(post)
+        self._guarded = list(guarded)
         self._on_bypass = on_bypass
-        make = _cuda_hooks if cuda else _cpu_hooks
-        self._hooks = [make(probe, flags) for probe in probes]
         self._handles: list[RemovableHandle] = []
         # (hook dict, handle id, hook): what arm/disarm put into and take out of each module.
         self._entries: list[tuple[dict[int, Callable[..., Any]], int, Callable[..., Any]]] = []
@@ -129,7 +133,7 @@ class HookSet:
         else:
             for hooks, key, hook in self._entries:
                 hooks[key] = hook
-        for probe in self._probes:
+        for probe in self._guarded:
             module = probe.module
             previous = module.__dict__.get("forward", _MISSING)
             guard = _guarded_forward(probe, module.forward, self._on_bypass)
@@ -154,6 +158,17 @@ class HookSet:
         self._forwards.clear()
         self.armed = False
 
+    @contextmanager
+    def suspended(self) -> Iterator[None]:
+        """Disarmed for the duration (a pass that is no served batch), then as it was."""
+        armed = self.armed
+        self.disarm()
+        try:
+            yield
+        finally:
+            if armed:
+                self.arm()
+
     def remove(self) -> None:
         self.disarm()
         for handle in self._handles:
@@ -162,13 +177,28 @@ class HookSet:
         self._entries.clear()
 
     def _register(self) -> None:
-        for probe, (pre, post) in zip(self._probes, self._hooks, strict=True):
-            for handle, hook in (
-                (probe.module.register_forward_pre_hook(pre), pre),
-                (probe.module.register_forward_hook(post), post),
-            ):
-                self._handles.append(handle)
-                self._entries.append((handle.hooks_dict_ref(), handle.id, hook))
+        for module, hook in self._pre:
+            self._keep(module.register_forward_pre_hook(hook), hook)
+        for module, hook in self._post:
+            self._keep(module.register_forward_hook(hook), hook)
+
+    def _keep(self, handle: RemovableHandle, hook: Callable[..., Any]) -> None:
+        self._handles.append(handle)
+        self._entries.append((handle.hooks_dict_ref(), handle.id, hook))
+
+
+def probe_hooks(
+    probes: list[ModuleProbe], flags: BatchFlags, on_bypass: Callable[[ModuleProbe], None], *, cuda: bool
+) -> HookSet:
+    """The monitor's hooks: a timing pre hook and a measuring post hook per probe, and its guard."""
+    make = _cuda_hooks if cuda else _cpu_hooks
+    pairs = [make(probe, flags) for probe in probes]
+    return HookSet(
+        pre=[(probe.module, pre) for probe, (pre, _) in zip(probes, pairs, strict=True)],
+        post=[(probe.module, post) for probe, (_, post) in zip(probes, pairs, strict=True)],
+        guarded=probes,
+        on_bypass=on_bypass,
+    )
 
 
 def _guarded_forward(
@@ -245,7 +275,7 @@ def hook_dispatch_seconds() -> float:
     layer = nn.Linear(4, 4)
     x = torch.zeros(1, 4)
     probe = ModuleProbe(0, "calibration", layer)
-    hooks = HookSet([probe], BatchFlags(), lambda p: None, cuda=False)
+    hooks = probe_hooks([probe], BatchFlags(), lambda p: None, cuda=False)
     best = {True: math.inf, False: math.inf}
     calls = 300
     with torch.inference_mode():
@@ -262,3 +292,45 @@ def hook_dispatch_seconds() -> float:
     # The post hook's body (sum + read) is timed inside the hook already: only the dispatch remains.
     body = probe.body_s / max(probe.calls, 1)
     return max(best[True] - best[False] - body, 0.0)
+
+
+class _Attachment(Protocol):
+    handle: MonitorHandle | None
+
+    def detach(self) -> None: ...
+
+
+class MonitorHandle:
+    """What :meth:`ModelMonitor.attach` returns: ``remove()`` detaches, in the manner of
+    :class:`torch.utils.hooks.RemovableHandle` (also a context manager that removes on exit).
+
+    Holds the monitor weakly and names one attachment: ``remove()`` on the handle of an attachment
+    that was already detached (and perhaps attached again since) does nothing, so a stale handle
+    never takes hooks off someone else's attachment.
+    """
+
+    _ids = itertools.count()
+
+    def __init__(self, monitor: _Attachment) -> None:
+        self.id = next(MonitorHandle._ids)
+        self._monitor_ref = weakref.ref(monitor)
+
+    @property
+    def monitor(self) -> _Attachment | None:
+        return self._monitor_ref()
+
+    @property
+    def attached(self) -> bool:
+        monitor = self._monitor_ref()
+        return monitor is not None and monitor.handle is self
+
+    def remove(self) -> None:
+        monitor = self._monitor_ref()
+        if monitor is not None and monitor.handle is self:
+            monitor.detach()
+
+    def __enter__(self) -> MonitorHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()

@@ -8,89 +8,42 @@
         monitor.run_shadow(x, out)         # (the worker runs it once the batch's replies are sent)
     handle.remove()                        # at shutdown (or monitor.detach()): the model is as before
 
-Batches come in three kinds, chosen by :class:`SamplingController` so that the mean cost of monitoring
-stays within ``overhead_budget`` of the forward time:
+Batches come in three kinds, planned by :class:`SamplingController` within ``overhead_budget`` of the
+forward time and no closer in time than the metrics need: *idle* (no hooks at all: on a 46 us MLP their
+cost is more than a 3 % budget), *armed* (per-module latency, non-finite count of every full output,
+forward-bypass detection) and *stats* (armed, plus activation stats and drift histograms).
 
-* idle: no hooks at all (the hooks' cost on a 46 us MLP forward is larger than a 3 % budget);
-* armed (every ``guard_every``-th batch): per-module latency, non-finite count of every full output,
-  forward-bypass detection;
-* stats (every ``stats_every``-th batch, always armed): activation stats and drift histograms too.
-
-On CUDA the hooks record events and keep results on the device; an armed batch's ``end_batch``
-synchronizes once and copies everything in one transfer, an idle one makes no CUDA call at all.
-Prometheus is touched only after the forward: per armed batch for latencies, per stats batch for
-gauges (at most every ``publish_interval_s``), per ``publish_interval_s`` for counters that move every
-batch.
-Not thread-safe: one monitor per model per worker, used by the thread that runs the model.
-
-Cost metering lives in ``metering.py`` (:class:`CostMeter`), Prometheus publication in
-``publishing.py`` (:class:`Publisher`); this module runs the per-batch protocol.
+On CUDA an armed batch's ``end_batch`` synchronizes once and copies everything in one transfer; an idle
+one makes no CUDA call. Prometheus is touched only after the forward: per armed batch for latencies,
+per ``publish_interval_s`` for gauges and for counters that move every batch (:class:`Publisher`).
+Not thread-safe: one monitor per model per worker, used by the thread that runs the model. This module
+runs the per-batch protocol; hooks, metering, publishing, drift, the shadow and the replay have their own.
 """
 
 from __future__ import annotations
 
-import itertools
-import logging
 import math
 import time
-import weakref
 from collections.abc import Callable
-from contextlib import AbstractContextManager
-from pathlib import Path
+from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 
 import torch
 from torch import nn
 
+from service.monitoring import hooks
 from service.monitoring.config import MonitorConfig
-from service.monitoring.drift import DriftTracker, Reference, default_reference_path, weights_fingerprint
-from service.monitoring.hooks import BatchFlags, HookSet, ModuleProbe, hook_dispatch_seconds
+from service.monitoring.drift import DriftTracker, Reference, load_tracker
+from service.monitoring.hooks import BatchFlags, ModuleProbe, MonitorHandle, probe_hooks
+from service.monitoring.incidents import Incidents
 from service.monitoring.metering import CostMeter, time_idle_path
-from service.monitoring.origin import Origin, locate_origins, origin_label
-from service.monitoring.publishing import Publisher, to_host
+from service.monitoring.origin import Origin, locate_labelled
+from service.monitoring.publishing import Publisher
 from service.monitoring.sampling import SamplingController
 from service.monitoring.selection import select_modules
 from service.monitoring.shadow import SHADOWED_PRECISIONS, PrecisionShadow
-from service.monitoring.stats import summarize
 
-logger = logging.getLogger(__name__)
 _perf_counter = time.perf_counter
-
-
-class MonitorHandle:
-    """What :meth:`ModelMonitor.attach` returns: ``remove()`` detaches, in the manner of
-    :class:`torch.utils.hooks.RemovableHandle` (also a context manager that removes on exit).
-
-    Holds the monitor weakly and names one attachment: ``remove()`` on the handle of an attachment
-    that was already detached (and perhaps attached again since) does nothing, so a stale handle
-    never takes hooks off someone else's attachment.
-    """
-
-    _ids = itertools.count()
-
-    def __init__(self, monitor: ModelMonitor) -> None:
-        self.id = next(MonitorHandle._ids)
-        self._monitor_ref = weakref.ref(monitor)
-
-    @property
-    def monitor(self) -> ModelMonitor | None:
-        return self._monitor_ref()
-
-    @property
-    def attached(self) -> bool:
-        monitor = self._monitor_ref()
-        return monitor is not None and monitor.handle is self
-
-    def remove(self) -> None:
-        monitor = self._monitor_ref()
-        if monitor is not None and monitor.handle is self:
-            monitor.detach()
-
-    def __enter__(self) -> MonitorHandle:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
 
 
 class ModelMonitor:
@@ -118,24 +71,24 @@ class ModelMonitor:
         self._cuda = self.device.type == "cuda"
         selected = select_modules(model, self.config) if self.config.enabled else []
         self.probes = [ModuleProbe(i, name, module) for i, (name, module) in enumerate(selected)]
+        self.incidents = Incidents(model_name)
         self._flags = BatchFlags(
             sample_elements=self.config.sample_elements,
             latency=self.config.latency,
-            on_error=self._on_hook_error,
+            on_error=self.incidents.on_hook_error,
         )
-        self._hooks = HookSet(self.probes, self._flags, self._on_bypass, cuda=self._cuda)
+        self._hooks = probe_hooks(self.probes, self._flags, self.incidents.on_bypass, cuda=self._cuda)
         budget = self.config.overhead_budget
         shadow = self.config.shadow
         self.shadow: PrecisionShadow | None = None
         if self.config.enabled and shadow.enabled and precision in SHADOWED_PRECISIONS:
-            self.shadow = PrecisionShadow(
-                model, model_name, self.probes, shadow, budget * shadow.budget_share, self.device
-            )
-            budget *= 1.0 - shadow.budget_share  # the hooks' sampling plans within the rest
-        # True after a shadowed batch until run_shadow() (the caller's part: it holds the input).
-        self.shadow_due = False
-        self._shadow_batch = False
-        self.controller = SamplingController(budget, self.config.guard_every, self.config.stats_every)
+            share = budget * shadow.budget_share
+            self.shadow = PrecisionShadow(model, model_name, self.probes, shadow, share, self.device)
+            budget -= share  # the hooks' sampling plans within the rest
+        self.controller = SamplingController(
+            budget, self.config.guard_every, self.config.stats_every,
+            min_armed_s=self.config.min_armed_interval_s, min_stats_s=self.config.min_stats_interval_s,
+        )  # fmt: skip
         self._reference = reference
         self._drift: DriftTracker | None = None
         self._publisher: Publisher | None = None
@@ -158,12 +111,14 @@ class ModelMonitor:
         self._time_idle_at = -1
         self._timing_idle = False
         self._last_armed_kind = "armed"
-        self._pending_bypass = 0
-        self._pending_resets = 0
-        self._bypass_logged: set[str] = set()
-        self._errors_logged: set[str] = set()
         self._publish_at = 0.0
         self._last_summary = -math.inf
+        self._paced = (0, 0.0)  # (batches, end time) at the last armed batch: the pace of traffic
+
+    @property
+    def shadow_due(self) -> bool:
+        """True after a shadowed batch until :meth:`run_shadow` (the caller's part: it holds the input)."""
+        return self.shadow is not None and self.shadow.pending
 
     @property
     def module_names(self) -> list[str]:
@@ -186,17 +141,18 @@ class ModelMonitor:
         self.handle = MonitorHandle(self)
         if not self.config.enabled:
             return self.handle
-        self._dispatch_s = hook_dispatch_seconds()
+        self._dispatch_s = hooks.hook_dispatch_seconds()
         self._publisher = self._publisher or Publisher(self.model_name, self.module_names)
-        if self._drift is None:  # a re-attach keeps the window it had
-            with torch.inference_mode():
-                self._drift = self._load_drift()
+        if self._drift is None and self.probes:  # a re-attach keeps the window it had
+            args = self.model, self.model_name, self.config.drift, self.module_names, self.device
+            self._drift = load_tracker(*args, self._reference)
         self.meter.make_idle_events()
-        self._enforce_eval()
+        self.incidents.enforce_eval(self.model)
         self.attached = True
         self.meter.idle_cost_s = self._time_idle_path()
         self._plan_next()
-        self._publish_at = _perf_counter() + self._publish_interval_s
+        self._paced = (self.batches, _perf_counter())
+        self._publish_at = self._paced[1] + self._publish_interval_s
         return self.handle
 
     def detach(self) -> None:
@@ -206,7 +162,6 @@ class ModelMonitor:
         self._hooks.remove()
         if self.shadow is not None:
             self.shadow.remove()
-            self.shadow_due = self._shadow_batch = False
         if self.attached:
             self.publish()
         self.attached = False
@@ -263,15 +218,14 @@ class ModelMonitor:
             return
         t_begin = _perf_counter()
         if self.model.training:
-            self._enforce_eval()
+            self.incidents.enforce_eval(self.model)
         if self._armed:
             self._flags.stats = self._stats
             for probe in self.probes:
                 probe.reset()
             self._hooks.arm()
-            if self.shadow_due:  # the last shadowed batch was never run in fp32: drop its copies
-                self.shadow_due = False
-                self.shadow.discard()
+            if self.shadow is not None:
+                self.shadow.begin_armed()
         elif self.batches == self._time_idle_at:
             if self._cuda:
                 self.meter.idle_events[0].record()
@@ -317,14 +271,8 @@ class ModelMonitor:
         stats = self._stats
         self._last_armed_kind = "stats" if stats else "armed"
         hooks_s = 0.0
-        if self._shadow_batch:
-            self._shadow_batch = False
-            self.shadow.disarm_capture()
-            if failed:
-                self.shadow.discard()
-            else:
-                self.shadow_due = True
-                forward_s -= self.shadow.capture_s  # the copies are the shadow's cost, not the forward's
+        if self.shadow is not None:
+            forward_s -= self.shadow.end_armed(failed=failed)
         if failed:
             for probe in self.probes:
                 probe.entered = False
@@ -337,6 +285,8 @@ class ModelMonitor:
         outside_s = self._begin_s + (_perf_counter() - t_end)
         cost_s = hooks_s + outside_s
         if not failed:
+            self.controller.record_pace(self.batches - self._paced[0], t_end - self._paced[1])
+            self._paced = (self.batches, t_end)
             cost_s = self.controller.record_armed(forward_s, hooks_s, outside_s, stats=stats)
         planned = _perf_counter()
         self._plan_next()  # after record_armed: it may have changed the intervals
@@ -366,19 +316,7 @@ class ModelMonitor:
         else:
             self._hooks.disarm()
         if self.shadow is not None:
-            self._plan_shadow()
-
-    def _plan_shadow(self) -> None:
-        """Capture the next batch's module outputs for the shadow if it is armed and a shadow is due
-        (one at a time: not while the last one waits for :meth:`run_shadow`)."""
-        shadow = self.shadow
-        self._shadow_batch = (
-            self._armed and not self.shadow_due and shadow.due(self.batches, self.controller.forward_s)
-        )
-        if self._shadow_batch:
-            shadow.arm_capture()
-        else:
-            shadow.disarm_capture()
+            self.shadow.plan(self._armed, self.batches, self.controller.forward_s)
 
     def _time_idle_path(self) -> float:
         """Price one idle batch (see :func:`~service.monitoring.metering.time_idle_path`), planned idle for
@@ -394,17 +332,11 @@ class ModelMonitor:
         Called after a batch every ``publish_interval_s``; call it directly to flush."""
         started = _perf_counter()
         self._publish_at = started + self._publish_interval_s
-        self._enforce_eval()
+        self.incidents.enforce_eval(self.model)
         self._flush_idle()
-        pub = self._publisher
-        assert pub is not None, "publish before attach"
-        forward_s, overhead_s = self.meter.take()
-        controller = self.controller
-        pub.push_counters(
-            forward_s, overhead_s, self._pending_bypass, self._pending_resets,
-            controller.guard_every, controller.stats_every,
-        )  # fmt: skip
-        self._pending_bypass = self._pending_resets = 0
+        assert self._publisher is not None, "publish before attach"
+        intervals = self.controller.guard_every, self.controller.stats_every
+        self._publisher.push_counters(*self.meter.take(), *self.incidents.take(), *intervals)
         self.meter.overhead_s += _perf_counter() - started
 
     # --- the precision shadow ---------------------------------------------------------------------
@@ -413,18 +345,13 @@ class ModelMonitor:
         """After a batch that left ``shadow_due`` set: run its input ``x`` again in fp32 and compare with
         the served run (``served``: its output). Call it between batches, outside autocast, e.g. once
         the batch's replies are sent; its cost counts as monitoring overhead. A no-op otherwise."""
-        if not self.shadow_due:
+        shadow = self.shadow
+        if shadow is None or not shadow.pending:
             return
-        self.shadow_due = False
-        armed = self._hooks.armed
-        self._hooks.disarm()  # the fp32 pass is not a served batch: no latencies, counts or stats
-        try:
-            cost = self.shadow.run(x, served, self.batches - 1, self.controller.forward_s)
-        finally:
-            if armed:
-                self._hooks.arm()
+        with self._hooks.suspended():  # the fp32 pass is not a served batch: no latencies, counts or stats
+            cost = shadow.run(x, served, self.batches - 1, self.controller.forward_s)
         self.meter.add(0.0, cost)
-        self._plan_shadow()  # the next batch may be shadowed now
+        shadow.plan(self._armed, self.batches, self.controller.forward_s)  # the next batch may be shadowed
 
     # --- rare events --------------------------------------------------------------------------------
 
@@ -436,122 +363,33 @@ class ModelMonitor:
         :mod:`service.monitoring.origin`), or ``None`` when the replay came out finite. Call between
         batches. The monitor's own hooks sit the replay out; its cost counts as monitoring overhead."""
         started = _perf_counter()
-        armed = self._hooks.armed
-        capturing = self.shadow is not None and self.shadow.capturing
-        self._hooks.disarm()
-        if capturing:
-            self.shadow.disarm_capture()
-        try:
-            found = locate_origins(self.model, x.to(self.device), context)
-        finally:
-            if armed:
-                self._hooks.arm()
-            if capturing:
-                self.shadow.arm_capture()
-        names = self.module_names
-        located = [origin and Origin(origin_label(origin.module, names), origin.step) for origin in found]
+        with self._hooks.suspended(), self.shadow.capture_suspended() if self.shadow else nullcontext():
+            located = locate_labelled(self.model, x.to(self.device), context, self.module_names)
         self.meter.add(0.0, _perf_counter() - started)
         return located
 
     def count_origin(self, module: str) -> None:
         """Count one request whose non-finite output started at ``module``."""
-        pub = self._publisher
-        if pub is None:  # never attached (monitoring disabled): bind the children now
-            pub = self._publisher = Publisher(self.model_name, self.module_names)
-        pub.count_origin(module)
+        if self._publisher is None:  # never attached (monitoring disabled): bind the children now
+            self._publisher = Publisher(self.model_name, self.module_names)
+        self._publisher.count_origin(module)
 
     # --- internals ---------------------------------------------------------------------------------
 
     def _collect(self, now: float) -> float:
-        """Read and publish what the hooks recorded in an armed batch; returns the hooks' own time
-        (timed bodies plus the calibrated dispatch cost per hooked call).
-
-        Drift histograms take every stats batch; the stats table and PSI are only computed when the
-        gauges are due (every ``publish_interval_s``): nobody scrapes faster, and at a small
-        ``stats_every`` they would be most of a stats batch's cost.
-        """
+        """Publish what the hooks recorded in an armed batch (see :meth:`Publisher.collect`); returns
+        the hooks' own time (timed bodies plus the calibrated dispatch cost per hooked call)."""
         probes = self.probes
         hooks_s = self._dispatch_s * sum(probe.calls for probe in probes) + sum(p.body_s for p in probes)
-        on_device: dict[str, torch.Tensor] = {}
-        described: list[ModuleProbe] = []
-        if self._flags.stats:
-            if self._drift is not None:
-                self._drift.update([probe.sample for probe in probes])
-            if now - self._last_summary >= self.config.publish_interval_s:
-                self._last_summary = now
-                sampled = [probe for probe in probes if probe.sample is not None]
-                if sampled:
-                    on_device["stats"], order = summarize([probe.sample for probe in sampled])
-                    described = [sampled[i] for i in order]
-                if self._drift is not None and self._drift.ready:
-                    on_device["psi"] = self._drift.psi()
-        counted: list[ModuleProbe] = []
-        if self._cuda:
-            counted = [probe for probe in probes for _ in probe.finite_counts]
-            if counted:
-                on_device["finite"] = torch.stack([c for probe in probes for c in probe.finite_counts])
-        pub = self._publisher
-        assert pub is not None, "publish before attach"
-        pub.publish_batch(
-            probes, to_host(on_device, self._cuda), described, counted, self._drift,
-            latency=self._flags.latency, cuda=self._cuda,
+        summary = self._flags.stats and now - self._last_summary >= self._publish_interval_s
+        if summary:
+            self._last_summary = now
+        assert self._publisher is not None, "publish before attach"
+        self._publisher.collect(
+            probes, self._drift, stats=self._flags.stats, summary=summary, latency=self._flags.latency,
+            cuda=self._cuda,
         )  # fmt: skip
         return hooks_s
-
-    def _on_bypass(self, probe: ModuleProbe) -> None:
-        self._pending_bypass += 1
-        if probe.name not in self._bypass_logged:
-            self._bypass_logged.add(probe.name)
-            logger.warning(
-                "model %s: module %r ran forward() without its hooks (a parent calls .forward() "
-                "instead of calling the module); its latency and activations are not monitored",
-                self.model_name,
-                probe.name,
-            )
-
-    def _on_hook_error(self, probe: ModuleProbe, exc: Exception) -> None:
-        if probe.name not in self._errors_logged:
-            self._errors_logged.add(probe.name)
-            logger.error(
-                "model %s: monitoring module %r failed (%s: %s); serving continues without its stats",
-                self.model_name, probe.name, type(exc).__name__, exc,
-            )  # fmt: skip
-
-    def _enforce_eval(self) -> None:
-        """Put every module still in training mode back in eval, and count them."""
-        found = [name or "<root>" for name, module in self.model.named_modules() if module.training]
-        if found:
-            logger.warning("model %s: %d module(s) in training mode at serve time, e.g. %s; set to eval",
-                           self.model_name, len(found), ", ".join(found[:5]))  # fmt: skip
-            self.model.eval()
-            self._pending_resets += len(found)
-
-    def _load_drift(self) -> DriftTracker | None:
-        drift = self.config.drift
-        if not drift.enabled or not self.probes:
-            return None
-        reference = self._reference
-        if reference is None:
-            path = drift.reference or default_reference_path(self.model_name)
-            if not Path(path).is_file():
-                logger.info("model %s: no drift reference at %s; drift is off", self.model_name, path)
-                return None
-            reference = Reference.load(path)
-            expected = reference.metadata.get("weights_sha256")
-            if expected and expected != weights_fingerprint(self.model):
-                logger.warning(
-                    "model %s: drift reference %s was captured with other weights; drift is off "
-                    "(recapture it: python -m service.monitoring.calibrate %s)",
-                    self.model_name,
-                    path,
-                    self.model_name,
-                )
-                return None
-        tracker = DriftTracker(reference, self.module_names, drift.window_batches, self.device)
-        if not tracker.names:
-            logger.warning("model %s: drift reference covers none of the monitored modules", self.model_name)
-            return None
-        return tracker
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -95,6 +95,14 @@ def locate_origins(
     return found
 
 
+def locate_labelled(
+    model: nn.Module, x: torch.Tensor, context: Callable[[], AbstractContextManager], monitored: Sequence[str]
+) -> list[Origin | None]:
+    """:func:`locate_origins`, each origin named by its :func:`origin_label` among ``monitored``."""
+    found = locate_origins(model, x, context)
+    return [origin and Origin(origin_label(origin.module, monitored), origin.step) for origin in found]
+
+
 def origin_label(module: str, monitored: Sequence[str]) -> str:
     """The innermost monitored module containing ``module`` (itself included), else ``module``."""
     best = None

@@ -17,7 +17,7 @@ from prometheus_client import Gauge
 from service.monitoring import metrics
 from service.monitoring.drift import DriftTracker
 from service.monitoring.hooks import ModuleProbe
-from service.monitoring.stats import STAT_NAMES
+from service.monitoring.stats import STAT_NAMES, summarize
 
 
 class Publisher:
@@ -80,6 +80,42 @@ class Publisher:
             self.training_resets.inc(resets)
         self.guard_every.set(guard_every)
         self.stats_every.set(stats_every)
+
+    def collect(
+        self,
+        probes: list[ModuleProbe],
+        drift: DriftTracker | None,
+        *,
+        stats: bool,
+        summary: bool,
+        latency: bool,
+        cuda: bool,
+    ) -> None:
+        """Read and publish what the hooks recorded in an armed batch.
+
+        Drift histograms take every ``stats`` batch; the stats table and PSI only a ``summary`` one
+        (the gauges are due every ``publish_interval_s``: nobody scrapes faster, and at a small
+        ``stats_every`` they would be most of a stats batch's cost).
+        """
+        on_device: dict[str, torch.Tensor] = {}
+        described: list[ModuleProbe] = []
+        if stats and drift is not None:
+            drift.update([probe.sample for probe in probes])
+        if stats and summary:
+            sampled = [probe for probe in probes if probe.sample is not None]
+            if sampled:
+                on_device["stats"], order = summarize([probe.sample for probe in sampled])
+                described = [sampled[i] for i in order]
+            if drift is not None and drift.ready:
+                on_device["psi"] = drift.psi()
+        counted: list[ModuleProbe] = []
+        if cuda:
+            counted = [probe for probe in probes for _ in probe.finite_counts]
+            if counted:
+                on_device["finite"] = torch.stack([c for probe in probes for c in probe.finite_counts])
+        self.publish_batch(
+            probes, to_host(on_device, cuda), described, counted, drift, latency=latency, cuda=cuda
+        )
 
     def publish_batch(
         self,

@@ -37,8 +37,19 @@ class SamplingController:
     MAX_GUARD_EVERY = 1000
     MAX_STATS_EVERY = 10_000
 
-    def __init__(self, budget: float, guard_every: int | None = None, stats_every: int | None = None):
+    def __init__(
+        self,
+        budget: float,
+        guard_every: int | None = None,
+        stats_every: int | None = None,
+        *,
+        min_armed_s: float = 0.0,
+        min_stats_s: float = 0.0,
+    ) -> None:
         self.budget = budget
+        # Adaptive intervals never put sampled batches closer than this in wall time (see pace()).
+        self.min_armed_s, self.min_stats_s = min_armed_s, min_stats_s
+        self.batch_wall_s: float | None = None  # wall time per batch, gaps between batches included
         self._fixed_guard = guard_every
         self._fixed_stats = stats_every
         self.guard_every = guard_every or 1
@@ -120,6 +131,22 @@ class SamplingController:
             self._replan()
         return cost
 
+    def record_pace(self, batches: int, elapsed_s: float) -> None:
+        """``batches`` batches took ``elapsed_s`` of wall time (one armed batch's end to the next's)."""
+        if batches > 0 and elapsed_s > 0.0:
+            self.batch_wall_s = _smooth(self.batch_wall_s, elapsed_s / batches, self.SMOOTHING)
+
+    def pace(self) -> tuple[int, int]:
+        """The smallest ``(guard_every, stats_every)`` that keep armed batches ``min_armed_s`` and stats
+        batches ``min_stats_s`` apart at the current pace. A model that could afford hooks on every
+        batch gains little from them: latency histograms need a few samples a second, and the gauges
+        are refreshed once per publication; what runs on every batch is cost for nothing."""
+        wall = self.batch_wall_s
+        if not wall:
+            return 1, 1
+        guard = min(max(math.ceil(self.min_armed_s / wall - 1e-9), 1), self.MAX_GUARD_EVERY)
+        return guard, min(max(math.ceil(self.min_stats_s / wall - 1e-9), 1), self.MAX_STATS_EVERY)
+
     def record_aftermath(self, forward_s: float, kind: str) -> None:
         """The forward time of the idle batch right after an armed batch of ``kind``: the hooks' work
         evicted the model's data and code from the caches, so it runs slower than idle batches do
@@ -159,11 +186,13 @@ class SamplingController:
         armed_extra = max(armed - idle, 0.0)
         stats_extra = max(stats - armed, 0.0)
         allowance = self.budget * self.correction * self.forward_s - idle
+        min_guard, min_stats = self.pace()
         if self._fixed_guard is None:
-            self.guard_every = _interval(armed_extra, self.GUARD_SHARE * allowance, self.MAX_GUARD_EVERY)
+            guard = _interval(armed_extra, self.GUARD_SHARE * allowance, self.MAX_GUARD_EVERY)
+            self.guard_every = max(guard, min_guard)
         if self._fixed_stats is None:
             remaining = allowance - armed_extra / self.guard_every
-            every = _interval(stats_extra, remaining, self.MAX_STATS_EVERY)
+            every = max(_interval(stats_extra, remaining, self.MAX_STATS_EVERY), min_stats)
             # A multiple of guard_every, so stats batches are armed batches and the cost model holds.
             self.stats_every = self.guard_every * math.ceil(every / self.guard_every)
 

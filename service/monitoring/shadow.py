@@ -32,58 +32,20 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from service.monitoring import metrics
 from service.monitoring.config import ShadowConfig
-from service.monitoring.hooks import ModuleProbe
+from service.monitoring.hooks import HookSet, ModuleProbe
 from service.monitoring.stats import first_tensor
 
 OUTPUT = "<output>"  # the module label of the final output's comparison
 SHADOWED_PRECISIONS = ("bf16", "fp16")
 _perf_counter = time.perf_counter
-
-
-class _ToggledHooks:
-    """Forward hooks registered once and then put into / taken out of the modules' hook dicts (as
-    :class:`~service.monitoring.hooks.HookSet` does), so arming costs ~0.3 us per module."""
-
-    def __init__(self, pairs: list[tuple[nn.Module, Callable[..., None]]]) -> None:
-        self._pairs = pairs
-        self._handles: list[RemovableHandle] = []
-        self._entries: list[tuple[dict, int, Callable[..., None]]] = []
-        self.armed = False
-
-    def arm(self) -> None:
-        if self.armed:
-            return
-        if not self._handles:
-            for module, hook in self._pairs:
-                handle = module.register_forward_hook(hook)
-                self._handles.append(handle)
-                self._entries.append((handle.hooks_dict_ref(), handle.id, hook))
-        else:
-            for hooks, key, hook in self._entries:
-                hooks[key] = hook
-        self.armed = True
-
-    def disarm(self) -> None:
-        if not self.armed:
-            return
-        for hooks, key, _ in self._entries:
-            hooks.pop(key, None)
-        self.armed = False
-
-    def remove(self) -> None:
-        self.disarm()
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._entries.clear()
 
 
 class PrecisionShadow:
@@ -112,8 +74,12 @@ class PrecisionShadow:
         self._compared: list[int] = [0] * n
         self._diffs: list[list[torch.Tensor]] = [[] for _ in range(n)]
         self.capture_s = 0.0
-        self._capture = _ToggledHooks([(p.module, self._capture_hook(i)) for i, p in enumerate(probes)])
-        self._compare = _ToggledHooks([(p.module, self._compare_hook(i)) for i, p in enumerate(probes)])
+        self._capture = HookSet(post=[(p.module, self._capture_hook(i)) for i, p in enumerate(probes)])
+        self._compare = HookSet(post=[(p.module, self._compare_hook(i)) for i, p in enumerate(probes)])
+        # The served batch being captured now, and whether a captured one waits for run() (the caller's
+        # part: it holds the input), one at a time.
+        self.capturing_batch = False
+        self.pending = False
         # Rolling window: one (agreeing, instances, per-module max diffs + output's) per shadow batch.
         self._window: deque[tuple[int, int, list[float]]] = deque()
         self._window_instances = 0
@@ -145,6 +111,36 @@ class PrecisionShadow:
         allowance = self.budget * forward_s
         self.every = min(max(math.ceil(self.cost_s / allowance), 1), self.MAX_EVERY)
 
+    # --- the monitor's per-batch protocol ------------------------------------------------------------
+
+    def plan(self, armed: bool, batch: int, forward_s: float | None) -> None:
+        """Capture batch number ``batch`` if it is armed and a shadow is due (not while the last
+        capture waits for :meth:`run`)."""
+        self.capturing_batch = armed and not self.pending and self.due(batch, forward_s)
+        if self.capturing_batch:
+            self.arm_capture()
+        else:
+            self.disarm_capture()
+
+    def begin_armed(self) -> None:
+        """An armed batch begins: a capture never run in fp32 is dropped."""
+        if self.pending:
+            self.pending = False
+            self.discard()
+
+    def end_armed(self, *, failed: bool) -> float:
+        """An armed batch ended: a capture becomes pending (or is dropped if the batch failed). Returns
+        the seconds its copies took, which are the shadow's cost, not the forward's."""
+        if not self.capturing_batch:
+            return 0.0
+        self.capturing_batch = False
+        self.disarm_capture()
+        if failed:
+            self.discard()
+            return 0.0
+        self.pending = True
+        return self.capture_s
+
     # --- the served forward's capture ----------------------------------------------------------------
 
     def arm_capture(self) -> None:
@@ -154,9 +150,9 @@ class PrecisionShadow:
     def disarm_capture(self) -> None:
         self._capture.disarm()
 
-    @property
-    def capturing(self) -> bool:
-        return self._capture.armed
+    def capture_suspended(self) -> AbstractContextManager[None]:
+        """No capture for the duration (a replay), then as it was."""
+        return self._capture.suspended()
 
     def discard(self) -> None:
         """Forget a capture nobody compared (a failed batch, a caller that never ran the shadow)."""
@@ -196,6 +192,7 @@ class PrecisionShadow:
         publish, replan, and return the cost in seconds (the copies during the served forward
         included)."""
         started = _perf_counter()
+        self.pending = False
         self._capture.disarm()
         try:
             with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
@@ -261,6 +258,7 @@ class PrecisionShadow:
         self._capture.remove()
         self._compare.remove()
         self.discard()
+        self.pending = self.capturing_batch = False
 
 
 def _max_abs_diff(tensor: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

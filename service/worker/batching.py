@@ -103,10 +103,10 @@ class BatchRunner:
             traced = [request for request in requests if request.trace is not None]
             if traced:
                 with tracer.recording() as timings:
-                    probabilities = self.runner.forward(_stack(requests))
+                    probabilities = self.runner.predict(_stack(requests))
                 tracer.emit(traced, timings, started)
                 return probabilities
-        return self.runner.forward(_stack(requests))
+        return self.runner.predict(_stack(requests))
 
     def _run(self, requests: list[InferRequest], started: float) -> list[InferReply]:
         """Forward pass and encoding; on a failed batch, each request again alone (metrics not again)."""

@@ -78,7 +78,7 @@ class ModelRunner:
     def _serving_mode(self) -> Any:
         return serving_mode(self.model, self.device, self.config.precision)
 
-    def forward(self, instances: np.ndarray) -> np.ndarray:
+    def predict(self, instances: np.ndarray) -> np.ndarray:
         """The float32 probability matrix for a batch of validated instances (one row each)."""
         x = torch.from_numpy(instances).to(self.device, non_blocking=True)
         monitor = self.monitor
