@@ -14,11 +14,11 @@ import warnings
 from typing import Any
 
 import numpy as np
-import orjson
 import torch
 
-from models.base import OutputSpec, ServableModel
+from models.base import ServableModel
 from service.config import ModelServeConfig
+from service.http.v1_answer import encode_predictions
 from service.litserve_compat import LitAPI, RoutelessSpec, worker_id
 from service.logs import configure_logging
 from service.messages import PREDICTIONS_JSON, PROBABILITIES_F32, InferRequest
@@ -55,19 +55,6 @@ logger = logging.getLogger(__name__)
 Batch = tuple[torch.Tensor, list[int]]
 # No "NaN" in the body: the cause is in the worker's log line, under the request id the body carries.
 NONFINITE_ERROR = b"internal error while running the model: its output was not finite"
-
-
-def encode_predictions(probabilities: np.ndarray, output_spec: OutputSpec) -> bytes:
-    """The JSON array of predictions for a float32 probability matrix, one object per row."""
-    indices = probabilities.argmax(axis=1).tolist()
-    labels = output_spec.labels
-    return orjson.dumps(
-        [
-            {"label": labels[i], "label_index": i, "score": row[i], "probabilities": row}
-            for i, row in zip(indices, probabilities, strict=True)
-        ],
-        option=orjson.OPT_SERIALIZE_NUMPY,
-    )
 
 
 class ModelWorker(LitAPI):
