@@ -1,6 +1,6 @@
 """Admission control and drain state shared by every API-server process.
 
-LitServe's request queue is unbounded; without a limit an overloaded server queues until every
+Nothing else bounds the requests waiting for workers; without a limit an overloaded server queues until every
 request times out. Counters live in shared memory created by the main process before the API servers
 are forked, so the limit holds across all of them.
 """
