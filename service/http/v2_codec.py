@@ -97,8 +97,8 @@ def _split(body: bytes, header_length: bytes | None) -> tuple[bytes, bytes]:
         or int(header_length) > len(body)
     ):
         raise bad(
-            f"Inference-Header-Content-Length is {header_length.decode(errors='replace')!r} but the body "
-            f"has {len(body)} bytes"
+            f"Inference-Header-Content-Length is {header_length[:20].decode(errors='replace')!r} but the "
+            f"body has {len(body)} bytes"
         )
     length = int(header_length)
     return body[:length], body[length:]
