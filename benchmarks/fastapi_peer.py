@@ -21,7 +21,7 @@ from fastapi import FastAPI, Response
 
 from models.checkpoint import load_pretrained
 from service.http.schemas import build_request_model
-from service.worker.runner import encode_predictions
+from service.http.v1_answer import encode_predictions
 
 
 def build_app(model_name: str, device: str = "cpu", max_instances: int = 64) -> FastAPI:

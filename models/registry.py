@@ -1,5 +1,8 @@
 """Build models by name, timm-style: a new model is one file and one decorator.
 
+The shipped models are found, not listed: every module of this package whose source holds
+``@register_model`` is imported the first time a name is looked up, so a new file needs no other edit.
+
 A user's own model plugs in by import path (``package.module:factory``) without editing the project:
 the factory is called with the overrides and must return an ``nn.Module`` with ``input_spec`` and
 ``output_spec`` attributes (duck typing: subclassing :class:`~models.base.ServableModel` is optional).
@@ -7,9 +10,11 @@ the factory is called with the overrides and must return an ``nn.Module`` with `
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -30,13 +35,19 @@ class RegisteredModel:
 
 
 _REGISTRY: dict[str, RegisteredModel] = {}
-# Modules whose import registers the shipped models; imported lazily so `import models.registry` stays cheap.
-_BUILTIN_MODULES = (
-    "models.digits_cnn",
-    "models.tabular_mlp",
-    "models.digits_transformer",
-    "models.resnet_bench",
-)
+
+
+@functools.cache
+def _builtin_modules() -> tuple[str, ...]:
+    """The modules here that register a model (imported lazily: `import models.registry` stays cheap)."""
+    package = Path(__file__).parent
+    return tuple(
+        f"{__package__}.{path.stem}"
+        for path in sorted(package.glob("*.py"))
+        if not path.name.startswith("_")
+        and path.name != "registry.py"
+        and "@register_model(" in path.read_text(encoding="utf-8")
+    )
 
 
 def register_model(card: ModelCard) -> Callable[[ModelFactory], ModelFactory]:
@@ -52,7 +63,7 @@ def register_model(card: ModelCard) -> Callable[[ModelFactory], ModelFactory]:
 
 
 def _load_builtins() -> None:
-    for module in _BUILTIN_MODULES:
+    for module in _builtin_modules():
         importlib.import_module(module)
 
 

@@ -65,6 +65,8 @@ def build_server(config: HookserveConfig, repository: ModelRepository | None = N
                 request_timeout_s=config.server.request_timeout_s,
                 max_body_bytes=config.server.max_payload_bytes,
                 api_key=api_key.encode() if api_key else None,
+                priority_levels=model_cfg.priority_levels,
+                default_priority=model_cfg.default_priority or model_cfg.priority_levels,
             )
         )
         target_ms = model_cfg.latency_target_ms

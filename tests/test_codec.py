@@ -10,9 +10,10 @@ import pytest
 from pydantic import ValidationError
 
 from models.base import InputSpec, OutputSpec
-from service.http.codec import ClientError, decode_v1
+from service.http.codec import decode_v1
+from service.http.errors import ClientError
 from service.http.schemas import build_request_model
-from service.worker.runner import encode_predictions
+from service.http.v1_answer import encode_predictions
 
 SPEC = InputSpec(shape=(2, 3), min_value=0.0, max_value=16.0)
 Request = build_request_model("digits-cnn", SPEC, max_instances=4)

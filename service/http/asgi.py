@@ -1,17 +1,14 @@
-"""The few ASGI primitives the hot path needs: read a bounded body, send a whole response.
+"""The few ASGI primitives the hot path needs: read a header, parse a media type, send a whole response.
 
-The predict route is plain ASGI (no FastAPI request object, dependency injection or response class):
-per request it costs what HTTP parsing itself costs, plus the work only it can do.
+The inference routes are plain ASGI (no FastAPI request object, dependency injection or response
+class): per request they cost what HTTP parsing itself costs, plus the work only they can do.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-import orjson
-from starlette.types import Receive, Send
-
-from service.http.codec import ClientError
+from starlette.types import Send
 
 JSON = b"application/json"
 Headers = Iterable[tuple[bytes, bytes]]
@@ -25,27 +22,12 @@ def header(scope: dict, name: bytes) -> bytes | None:
     return None
 
 
-async def read_body(scope: dict, receive: Receive, max_bytes: int) -> bytes:
-    """The whole request body; 413 as soon as it is known to exceed ``max_bytes`` (declared or streamed)."""
-    declared = header(scope, b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise ClientError(413, f"request body of {int(declared)} bytes exceeds {max_bytes}")
-    message = await receive()
-    body = message.get("body", b"")
-    if not message.get("more_body", False):
-        return body
-    parts = [body]
-    received = len(body)
-    while message.get("more_body", False):
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientError(400, "client disconnected before sending the whole body")
-        chunk = message.get("body", b"")
-        received += len(chunk)
-        if received > max_bytes:
-            raise ClientError(413, f"request body exceeds {max_bytes} bytes")
-        parts.append(chunk)
-    return b"".join(parts)
+def media_type(scope: dict) -> bytes | None:
+    """The request's media type, lower case and without parameters (``; charset=...``); None if unsent."""
+    content_type = header(scope, b"content-type")
+    if content_type is None:
+        return None
+    return content_type.split(b";", 1)[0].strip().lower()
 
 
 async def send_response(
@@ -63,8 +45,3 @@ async def send_response(
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-async def send_error(send: Send, status: int, message: str, headers: Headers = ()) -> None:
-    """``{"error": message}`` with ``status``: the one error format of every route."""
-    await send_response(send, status, orjson.dumps({"error": message}), headers=headers)

@@ -1,4 +1,9 @@
-"""Optional bearer-token auth for the prediction and metadata routes.
+"""Optional bearer-token auth: one check, :func:`require_api_key`, for every route that needs a key.
+
+The router's inference routes (V1 predict, V2 infer) call it directly; FastAPI's routes (model list and
+metadata, ``/metrics`` when ``protect_metrics`` is set) call it through :func:`make_auth_dependency`,
+which also documents the bearer scheme in ``/openapi.json``. Probes (``/health``, V2 health, ``/``)
+are never protected.
 
 No ``from __future__ import annotations`` here: FastAPI reads these signatures at run time.
 """
@@ -7,27 +12,39 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, HTTPException
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.http.asgi import header
+from service.http.errors import ClientError
+
+UNAUTHORIZED = "missing or invalid API key: send 'Authorization: Bearer <key>'"
+CHALLENGE = ((b"www-authenticate", b"Bearer"),)
 
 _bearer = HTTPBearer(auto_error=False, description="Set when the server runs with an API key.")
 
 
+def bearer_matches(scope: dict, key: bytes) -> bool:
+    """``Authorization: Bearer <key>``, compared in constant time: the one credential check."""
+    given = header(scope, b"authorization") or b""
+    scheme, _, token = given.partition(b" ")
+    return scheme.lower() == b"bearer" and secrets.compare_digest(token.strip(), key)
+
+
+def require_api_key(scope: dict, api_key: bytes | None) -> None:
+    """401 unless the request carries ``api_key`` (:func:`bearer_matches`); a no-op without a key."""
+    if api_key is not None and not bearer_matches(scope, api_key):
+        raise ClientError(401, UNAUTHORIZED, CHALLENGE)
+
+
 def make_auth_dependency(api_key: str | None) -> Callable[..., Awaitable[None]]:
-    """A dependency checking ``Authorization: Bearer <key>`` in constant time (a no-op without a key)."""
+    """A FastAPI dependency running :func:`require_api_key` (the bearer parameter documents the scheme)."""
     expected = api_key.encode() if api_key else None
 
-    async def require_api_key(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    async def api_key_required(
+        request: Request,
+        _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
-        if expected is None:
-            return
-        given = credentials.credentials.encode() if credentials else b""
-        if not secrets.compare_digest(given, expected):
-            raise HTTPException(
-                401,
-                "missing or invalid API key: send 'Authorization: Bearer <key>'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        require_api_key(request.scope, expected)
 
-    return require_api_key
+    return api_key_required

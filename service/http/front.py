@@ -22,7 +22,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.http import v2
 from service.http.admission import AdmissionGate, DrainSwitch
 from service.http.asgi import send_response
-from service.http.inference import InferenceRoute, RequestCounter, RouteSettings, request_id_of, send_error
+from service.http.errors import request_id_of, send_error
+from service.http.inference import InferenceRoute, RequestCounter, RouteSettings
 from service.http.predict import PredictRoute, predict_path
 from service.http.repository_routes import RepositoryRoutes, RepositorySettings
 from service.http.v2 import Handler, V2InferRoute

@@ -1,10 +1,14 @@
-"""What every inference route does, whatever its protocol (V1 predict, Open Inference Protocol V2 infer).
+"""What every inference request goes through, whatever its protocol (V1 predict, V2 infer, gRPC).
 
-In order: request id, API key (401), body size (413), drain (503), the protocol's decoding (4xx),
-admission (503 + Retry-After), then the instances go to a worker and its answer is encoded by the
-protocol. The whole request is bounded by its deadline (504). Every answer, whatever its status, is
-counted in ``hookserve_requests_total`` (and by protocol) and timed; every error body is
-``{"error": ..., "request_id": ...}``, and the request id is echoed in ``X-Request-ID``.
+:class:`InferencePipeline` is the protocol-neutral core, callable without ASGI: drain (503), admission
+(503 + Retry-After), a worker, and the deadline (504). :class:`InferenceRoute` puts HTTP around it, in
+order: method (405), API key (401), content type (415), body size (413), the protocol's decoding (4xx),
+the pipeline, then the protocol encodes the worker's answer.
+
+The deadline (``server.request_timeout_s``) starts when the request arrives, before its body is read,
+so it bounds the whole request. Every answer, whatever its status, is counted in
+``hookserve_requests_total`` (and by protocol) and timed; every error is written by
+:func:`service.http.errors.send_error`.
 """
 
 from __future__ import annotations
@@ -12,20 +16,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import secrets
 import time
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import orjson
 from starlette.types import Receive, Send
 
 from models.base import InputSpec, OutputSpec
 from service.http.admission import AdmissionGate, DrainSwitch, Rejected
-from service.http.asgi import Headers, header, read_body, send_response
-from service.http.codec import ClientError
+from service.http.asgi import JSON, Headers, media_type, send_response
+from service.http.auth import require_api_key
+from service.http.errors import ClientError, request_id_of, send_error
+from service.http.middleware import read_body
 from service.http.worker_client import ModelWorkers, WorkerUnavailable
 from service.messages import InferRequest
 from service.monitoring.metrics import PROTOCOL_REQUESTS, REJECTED, REQUEST_DURATION, REQUESTS
@@ -35,7 +38,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 RETRY_AFTER = (b"retry-after", b"1")
-MAX_REQUEST_ID = 128
+ALLOW_POST = ((b"allow", b"POST"),)
 _uids = itertools.count()
 
 
@@ -51,6 +54,8 @@ class RouteSettings:
     request_timeout_s: float
     max_body_bytes: int
     api_key: bytes | None
+    priority_levels: int = 1
+    default_priority: int = 1
 
 
 @dataclass
@@ -60,12 +65,14 @@ class Decoded:
     instances: np.ndarray
     answer_format: int
     context: Any = None
+    timeout_s: float | None = None  # the request's own deadline, shorter than the model's
+    priority: int | None = None  # 1 is the highest; None: the model's default
 
 
 @dataclass(frozen=True)
 class Answer:
     body: bytes
-    content_type: bytes = b"application/json"
+    content_type: bytes = JSON
     headers: Headers = ()
 
 
@@ -87,32 +94,8 @@ class RequestCounter:
         self._duration.observe(seconds)
 
 
-def request_id_of(scope: dict) -> str:
-    """The client's ``X-Request-ID`` when it is sane (printable ASCII, at most 128 bytes), else a new one."""
-    given = header(scope, b"x-request-id")
-    if given and len(given) <= MAX_REQUEST_ID and given.isascii() and given.decode().isprintable():
-        return given.decode()
-    return uuid.uuid4().hex
-
-
-def authorized(scope: dict, api_key: bytes | None) -> bool:
-    """``Authorization: Bearer <key>``, compared in constant time; always true when no key is set."""
-    if api_key is None:
-        return True
-    given = header(scope, b"authorization") or b""
-    scheme, _, token = given.partition(b" ")
-    return scheme.lower() == b"bearer" and secrets.compare_digest(token.strip(), api_key)
-
-
-async def send_error(send: Send, status: int, message: str, request_id: str, headers: Headers = ()) -> None:
-    body = orjson.dumps({"error": message, "request_id": request_id})
-    await send_response(send, status, body, headers=[(b"x-request-id", request_id.encode()), *headers])
-
-
-class InferenceRoute:
-    """One model's inference route in one API-server process; a protocol subclass decodes and encodes."""
-
-    protocol = "v1"
+class InferencePipeline:
+    """One model's path from decoded instances to the worker's answer, in one API-server process."""
 
     def __init__(
         self, settings: RouteSettings, workers: ModelWorkers, gate: AdmissionGate, drain: DrainSwitch
@@ -121,32 +104,105 @@ class InferenceRoute:
         self.workers = workers
         self.gate = gate
         self.drain = drain
-        self.counter = RequestCounter(settings.model, self.protocol)
-        self.tracer: RequestTracer | None = None  # set in each API server when tracing is on
         self._draining = REJECTED.labels(settings.model, "draining")
 
-    # -- the protocol's part
-    def check_request(self, scope: dict) -> None:
-        """Raise :class:`ClientError` for what the headers alone show is wrong (e.g. content type)."""
+    async def infer(
+        self, decoded: Decoded, request_id: str, arrived: float, traced: RequestTrace | None = None
+    ) -> tuple[int, bytes]:
+        """The worker's ``(status, payload)``: its answer for 200, else an error message (UTF-8).
 
+        ``arrived`` is the ``time.monotonic()`` at which the request arrived: its deadline (the model's
+        ``request_timeout_s``, or the request's own shorter one) runs from there (504 past it). Raises
+        :class:`WorkerUnavailable` (503) when draining or without a live worker, and :class:`Rejected`
+        (503 + ``Retry-After``) when admission refuses it. Records nothing: the caller counts the answer.
+        """
+        if self.drain.draining:
+            self._draining.inc()
+            raise WorkerUnavailable("server is shutting down; retry on another replica")
+        priority = decoded.priority or self.settings.default_priority
+        instances = len(decoded.instances)
+        if traced is None:
+            self._admit(instances, priority, decoded.timeout_s)
+        else:
+            with traced.phase("admission"):
+                self._admit(instances, priority, decoded.timeout_s)
+        try:
+            return await self._run(decoded, request_id, arrived, priority, traced)
+        finally:
+            self.gate.leave(instances, priority)
+
+    def _admit(self, instances: int, priority: int, timeout_s: float | None) -> None:
+        if (rejection := self.gate.admit(instances, priority, timeout_s)) is not None:
+            raise rejection  # counted by the gate, by reason
+
+    async def _run(
+        self, decoded: Decoded, request_id: str, arrived: float, priority: int, traced: RequestTrace | None
+    ) -> tuple[int, bytes]:
+        """Send the instances to a worker and wait for its answer, at most until the deadline."""
+        timeout = decoded.timeout_s or self.settings.request_timeout_s
+        deadline = arrived + timeout
+        link = await self.workers.pick()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:  # the body took the whole deadline to arrive: no worker time for it
+            return _past_deadline(timeout)
+        request = InferRequest(
+            uid=next(_uids),
+            deadline=deadline,
+            enqueued_at=arrived,
+            instances=decoded.instances,
+            answer_format=decoded.answer_format,
+            request_id=request_id,
+            trace=None if traced is None else traced.traceparent(),
+            priority=priority,
+        )
+        future = link.submit(request)
+        timer = asyncio.get_running_loop().call_later(remaining, _expire, future, timeout)
+        try:
+            return await future  # a reply that arrives after the deadline is dropped by the link
+        finally:
+            timer.cancel()
+
+
+def _past_deadline(timeout: float) -> tuple[int, bytes]:
+    return 504, f"request exceeded its {timeout:g} s deadline".encode()
+
+
+def _expire(future: asyncio.Future, timeout: float) -> None:
+    if not future.done():
+        future.set_result(_past_deadline(timeout))
+
+
+class InferenceRoute(InferencePipeline):
+    """The pipeline as one model's HTTP route (plain ASGI); a protocol subclass decodes and encodes."""
+
+    protocol = "v1"
+    accepted_types: tuple[bytes, ...] = (JSON,)  # besides none at all and any ``+json`` type
+
+    def __init__(
+        self, settings: RouteSettings, workers: ModelWorkers, gate: AdmissionGate, drain: DrainSwitch
+    ) -> None:
+        super().__init__(settings, workers, gate, drain)
+        self.counter = RequestCounter(settings.model, self.protocol)
+        self.tracer: RequestTracer | None = None  # set in each API server when tracing is on
+
+    # -- the protocol's part
     def decode(self, scope: dict, body: bytes) -> Decoded:
         raise NotImplementedError
 
     def encode(self, decoded: Decoded, payload: bytes, request_id: str) -> Answer:
         raise NotImplementedError
 
-    # -- the pipeline
+    # -- HTTP around the pipeline
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
-        start = time.perf_counter()
+        arrived = time.monotonic()
         request_id = request_id_of(scope)
         traced = None if self.tracer is None else self._start_trace(scope, request_id)
         try:
-            status = await self._answer(scope, receive, send, request_id, traced)
+            status = await self._answer(scope, receive, send, request_id, arrived, traced)
         except ClientError as error:
             status = error.status
-            extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
-            await send_error(send, status, error.message, request_id, extra)
-        except Rejected as rejection:  # refused at the door (issue 17): Retry-After from the prediction
+            await send_error(send, status, error.message, request_id, error.headers)
+        except Rejected as rejection:  # refused at the door: Retry-After from the prediction
             status = 503
             await send_error(send, status, str(rejection), request_id, rejection.headers)
         except WorkerUnavailable as error:
@@ -156,7 +212,7 @@ class InferenceRoute:
             logger.exception("request %s to %s failed in the API server", request_id, self.settings.model)
             status = 500
             await send_error(send, status, "internal server error", request_id)
-        self.counter.record(status, time.perf_counter() - start)
+        self.counter.record(status, time.monotonic() - arrived)
         if traced is not None:
             traced.finish(status)
 
@@ -171,66 +227,42 @@ class InferenceRoute:
         return self.tracer.start_http(scope, attributes)
 
     async def _answer(
-        self, scope: dict, receive: Receive, send: Send, request_id: str, traced: RequestTrace | None
+        self,
+        scope: dict,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        arrived: float,
+        traced: RequestTrace | None,
     ) -> int:
         settings = self.settings
         if scope["method"] != "POST":
-            raise ClientError(405, "use POST for inference")
-        if not authorized(scope, settings.api_key):
-            raise ClientError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'")
-        self.check_request(scope)
+            raise ClientError(405, "use POST for inference", ALLOW_POST)
+        require_api_key(scope, settings.api_key)
+        self.check_content_type(scope)
         body = await read_body(scope, receive, settings.max_body_bytes)
-        if self.drain.draining:
-            self._draining.inc()
-            raise WorkerUnavailable("server is shutting down; retry on another replica")
         if traced is None:
             decoded = self.decode(scope, body)
-            instances = self._admit(decoded)
         else:
             with traced.phase("decode"):
                 decoded = self.decode(scope, body)
-            with traced.phase("admission"):
-                instances = self._admit(decoded)
-        try:
-            status, payload = await self._run(decoded, request_id, traced)
-        finally:
-            self.gate.leave(instances)
+        status, payload = await self.infer(decoded, request_id, arrived, traced)
         if status != 200:
-            await send_error(send, status, payload.decode(), request_id)
+            await send_error(send, status, payload.decode(errors="replace"), request_id)
             return status
-        if traced is not None:
+        if traced is None:
+            answer = self.encode(decoded, payload, request_id)
+        else:
             with traced.phase("answer"):
                 answer = self.encode(decoded, payload, request_id)
-        else:
-            answer = self.encode(decoded, payload, request_id)
         headers = [(b"x-request-id", request_id.encode()), *answer.headers]
         await send_response(send, 200, answer.body, answer.content_type, headers)
         return 200
 
-    def _admit(self, decoded: Decoded) -> int:
-        """Admission by predicted completion (the gate counts refusals); the instances admitted."""
-        instances = len(decoded.instances)
-        if (rejection := self.gate.admit(instances)) is not None:
-            raise rejection
-        return instances
-
-    async def _run(self, decoded: Decoded, request_id: str, traced: RequestTrace | None) -> tuple[int, bytes]:
-        """Send the instances to a worker and wait for its answer, at most until the deadline."""
-        timeout = self.settings.request_timeout_s
-        now = time.monotonic()
-        link = await self.workers.pick()
-        trace = None if traced is None else traced.traceparent()
-        request = InferRequest(
-            next(_uids), now + timeout, now, decoded.instances, decoded.answer_format, request_id, trace
-        )
-        future = link.submit(request)
-        timer = asyncio.get_running_loop().call_later(timeout, _expire, future, timeout)
-        try:
-            return await future  # a reply that arrives after the deadline is dropped by the link
-        finally:
-            timer.cancel()
-
-
-def _expire(future: asyncio.Future, timeout: float) -> None:
-    if not future.done():
-        future.set_result((504, f"request exceeded its {timeout:g} s deadline".encode()))
+    def check_content_type(self, scope: dict) -> None:
+        """415 unless the body is one of :attr:`accepted_types`, any ``+json``, or untyped (tritonclient)."""
+        media = media_type(scope)
+        if media is None or media in self.accepted_types or media.endswith(b"+json"):
+            return
+        accepted = " or ".join(t.decode() for t in self.accepted_types)
+        raise ClientError(415, f"Content-Type must be {accepted}, got {media.decode(errors='replace')}")

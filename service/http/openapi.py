@@ -13,13 +13,8 @@ from fastapi.openapi.utils import get_openapi
 
 from service.http.inference import RouteSettings
 from service.http.predict import predict_path
-from service.http.schemas import (
-    ErrorResponse,
-    PredictResponse,
-    V2InferenceRequest,
-    V2InferenceResponse,
-    build_request_model,
-)
+from service.http.schemas import ErrorResponse, V2InferenceRequest, V2InferenceResponse, build_request_model
+from service.http.v1_answer import PredictResponse
 from service.http.v2 import model_paths
 
 REF = "#/components/schemas/{model}"

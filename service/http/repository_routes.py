@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from service.http.asgi import read_body, send_response
-from service.http.codec import ClientError
-from service.http.inference import authorized, request_id_of, send_error
+from service.http.asgi import send_response
+from service.http.auth import bearer_matches
+from service.http.errors import ClientError, request_id_of, send_error
+from service.http.middleware import read_body
 from service.http.v2 import Handler
 from service.repository import CatalogEntry
 from service.worker_states import WorkerState, WorkerStates
@@ -59,9 +60,9 @@ def admin_denial(scope: dict, admin_key: bytes | None, api_key: bytes | None) ->
     """Why a request may not use the repository routes, or None when it may."""
     if admin_key is None and api_key is None:
         return None  # auth is off
-    if admin_key is not None and authorized(scope, admin_key):
+    if admin_key is not None and bearer_matches(scope, admin_key):
         return None
-    if api_key is not None and authorized(scope, api_key):
+    if api_key is not None and bearer_matches(scope, api_key):
         if admin_key is None:
             return ClientError(403, NO_ADMIN_KEY)
         return ClientError(403, "the inference key does not open the repository routes; use the admin key")
@@ -112,7 +113,7 @@ class RepositoryRoutes:
                     raise denial
                 body = await answer(scope, receive)
             except ClientError as error:
-                extra = [(b"www-authenticate", b"Bearer")] if error.status == 401 else []
+                extra = error.headers or ([(b"www-authenticate", b"Bearer")] if error.status == 401 else [])
                 await send_error(send, error.status, error.message, request_id_of(scope), extra)
                 return
             await send_response(send, 200, orjson.dumps(body))

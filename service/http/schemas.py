@@ -1,8 +1,10 @@
-"""Request and response schemas of the predict route, derived from each model's input and output spec.
+"""Schemas of the inference routes, for ``/openapi.json``: V1 predict (derived from each model's input
+spec) and V2 infer.
 
-They document the route in ``/openapi.json`` (the exact nested-array shape and value range) and can
-validate a body with pydantic; the route itself decodes bodies with :mod:`service.http.codec`, whose
-checks the request model reuses, so the two cannot disagree.
+The V1 request model documents the exact nested-array shape and value range and can validate a body
+with pydantic; the route itself decodes bodies with :mod:`service.http.codec`, whose checks the request
+model reuses, so the two cannot disagree. The V1 answer's schema lives with the code that builds the
+answer (:mod:`service.http.v1_answer`).
 """
 
 from __future__ import annotations
@@ -51,21 +53,11 @@ def build_request_model(model_name: str, spec: InputSpec, max_instances: int) ->
     )
 
 
-class Prediction(BaseModel):
-    label: str = Field(description="The most probable class.")
-    label_index: int
-    score: float = Field(description="Probability of the predicted label.")
-    probabilities: list[float] = Field(description="One probability per output label, in label order.")
-
-
-class PredictResponse(BaseModel):
-    model: str
-    model_version: str
-    predictions: list[Prediction]
-
-
 class ErrorResponse(BaseModel):
+    """Every error answer (:mod:`service.http.errors`); the request id is also in ``X-Request-ID``."""
+
     error: str
+    request_id: str | None = None
 
 
 class V2RequestTensor(BaseModel):

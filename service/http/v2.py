@@ -3,9 +3,9 @@
 ``tritonclient.http`` and KServe's ``InferenceRESTClient`` work unmodified: health and readiness
 (``{"live": true}`` / ``{"ready": true}``, 200 or 503), server and model metadata, model readiness, and
 inference in JSON or with the binary tensor extension (:mod:`service.http.v2_codec`). V1 and V2
-requests to a model share its workers and batch together. Errors are ``{"error": "..."}``: 400 for
-anything wrong with a request, 404 for an unknown model or version, 503 overload/draining/no worker,
-504 past the deadline.
+requests to a model share its workers and batch together. Errors are ``{"error": "...", "request_id":
+"..."}`` (:mod:`service.http.errors`; clients read ``error``): 400 for anything wrong with a request,
+404 for an unknown model or version, 503 overload/draining/no worker, 504 past the deadline.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import numpy as np
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from service.http.asgi import header, send_response
-from service.http.codec import ClientError
-from service.http.inference import Answer, Decoded, InferenceRoute, RouteSettings, request_id_of, send_error
+from service.http.asgi import JSON, header, send_response
+from service.http.errors import request_id_of, send_error
+from service.http.inference import Answer, Decoded, InferenceRoute, RouteSettings
+from service.http.request_options import from_v2_parameters
 from service.http.v2_codec import INPUT_NAME, OUTPUTS, decode_request, encode_response
 from service.messages import PROBABILITIES_F32
 
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
-ACCEPTED_TYPES = (b"application/json", b"application/octet-stream")
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
 
 
@@ -36,21 +36,14 @@ class V2InferRoute(InferenceRoute):
     """``POST /v2/models/{m}[/versions/{v}]/infer`` for one model."""
 
     protocol = "v2"
-
-    def check_request(self, scope: dict) -> None:
-        content_type = header(scope, b"content-type")
-        if content_type is None:
-            return  # tritonclient sends none
-        media = content_type.split(b";", 1)[0].strip().lower()
-        if media not in ACCEPTED_TYPES and not media.endswith(b"+json"):
-            found = media.decode(errors="replace")
-            raise ClientError(415, f"Content-Type must be JSON or octet-stream, got {found}")
+    accepted_types = (JSON, b"application/octet-stream")
 
     def decode(self, scope: dict, body: bytes) -> Decoded:
         settings = self.settings
         length = header(scope, b"inference-header-content-length")
         instances, request = decode_request(body, length, settings.input_spec, settings.max_instances)
-        return Decoded(instances, PROBABILITIES_F32, request)
+        timeout_s, priority = from_v2_parameters(request.parameters, settings)
+        return Decoded(instances, PROBABILITIES_F32, request, timeout_s, priority)
 
     def encode(self, decoded: Decoded, payload: bytes, request_id: str) -> Answer:
         settings = self.settings
@@ -89,7 +82,7 @@ def json_handler(produce: Callable[[], tuple[int, dict]]) -> Handler:
 
     async def handle(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] not in ("GET", "HEAD"):
-            await send_error(send, 405, "use GET", request_id_of(scope))
+            await send_error(send, 405, "use GET", request_id_of(scope), [(b"allow", b"GET, HEAD")])
             return
         status, body = produce()
         await send_response(send, status, orjson.dumps(body))

@@ -24,7 +24,8 @@ import numpy as np
 import orjson
 
 from models.base import InputSpec, OutputSpec
-from service.http.codec import ClientError, check_values, parse_json
+from service.http.codec import check_instance_count, check_values, depth_limit, parse_json, refuse_too_deep
+from service.http.errors import ClientError
 
 INPUT_NAME = "input"
 OUTPUTS = ("probabilities", "label_index", "label")
@@ -42,6 +43,8 @@ NUMERIC = {
     "UINT64": np.dtype("<u8"),
 }
 _LENGTH = struct.Struct("<I")
+V2_LEVELS = 4  # {"inputs": [{"data": [ ...N instances... ]}]}: the levels around the instances
+MAX_HEADER_DIGITS = 15
 
 
 @dataclass
@@ -50,6 +53,7 @@ class V2Request:
 
     id: str | None
     outputs: dict[str, bool] = field(default_factory=dict)  # name -> binary
+    parameters: Any = None  # the request-level parameters (timeout, priority: service/http/request_options)
 
 
 def bad(message: str) -> ClientError:
@@ -61,7 +65,18 @@ def decode_request(
 ) -> tuple[np.ndarray, V2Request]:
     """The instances (``[N, *spec.shape]`` float32) and the answer's shape, or a 400 saying what is wrong."""
     json_part, binary = _split(body, header_length)
-    document = _parse(json_part)
+    limit = depth_limit(spec, V2_LEVELS)
+    document = _parse(json_part, limit)
+    try:
+        return _decode_document(document, binary, spec, max_instances)
+    except ClientError:
+        refuse_too_deep(json_part, limit, 400)  # a header deeper than valid is refused for that, first
+        raise
+
+
+def _decode_document(
+    document: dict[str, Any], binary: bytes, spec: InputSpec, max_instances: int
+) -> tuple[np.ndarray, V2Request]:
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise bad(f"'inputs' must be a list holding one tensor named {INPUT_NAME!r}")
@@ -69,26 +84,39 @@ def decode_request(
     if used != len(binary):
         raise bad(f"{len(binary) - used} byte(s) of binary data beyond what the inputs declare")
     request_id = document.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise bad("'id' must be a string")
-    return tensor, V2Request(request_id, _requested_outputs(document))
+    if request_id is not None and not (isinstance(request_id, str) and _is_unicode(request_id)):
+        raise bad("'id' must be a string of valid Unicode (it is echoed in the answer)")
+    return tensor, V2Request(request_id, _requested_outputs(document), document.get("parameters"))
 
 
 def _split(body: bytes, header_length: bytes | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    if not header_length.isdigit() or int(header_length) > len(body):
+    if (
+        not header_length.isdigit()
+        or len(header_length) > MAX_HEADER_DIGITS
+        or int(header_length) > len(body)
+    ):
         raise bad(
-            f"Inference-Header-Content-Length is {header_length.decode(errors='replace')!r} but the body "
-            f"has {len(body)} bytes"
+            f"Inference-Header-Content-Length is {header_length[:20].decode(errors='replace')!r} but the "
+            f"body has {len(body)} bytes"
         )
     length = int(header_length)
     return body[:length], body[length:]
 
 
-def _parse(json_part: bytes) -> dict[str, Any]:
+def _is_unicode(text: str) -> bool:
+    """False for a string holding lone surrogates (JSON escapes can spell them; UTF-8 cannot)."""
     try:
-        document = parse_json(json_part)
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _parse(json_part: bytes, max_depth: int) -> dict[str, Any]:
+    try:
+        document = parse_json(json_part, max_depth)
     except ClientError as error:
         raise bad(error.message) from None
     if not isinstance(document, dict):
@@ -110,8 +138,10 @@ def _decode_input(
         or len(shape) != len(expected) + 1
     ):
         raise bad(f"input {name!r}: shape must be [N, {', '.join(map(str, expected))}], got {shape}")
-    if not 1 <= shape[0] <= max_instances:
-        raise bad(f"input {name!r}: N must be 1 to {max_instances}, got {shape[0]}")
+    try:
+        check_instance_count(shape[0], max_instances)
+    except ValueError as error:
+        raise bad(f"input {name!r}: {error} (N, the first dimension)") from None
     if datatype not in NUMERIC:
         raise bad(f"input {name!r}: datatype {datatype!r} is not supported; use FP32 or another numeric type")
     dtype = NUMERIC[datatype]
@@ -146,8 +176,8 @@ def _from_json_data(data: Any, name: str, dtype: np.dtype, count: int) -> np.nda
         raise bad(f"input {name!r}: 'data' (or parameters.binary_data_size) is required")
     try:
         array = np.asarray(data)
-    except ValueError:
-        raise bad(f"input {name!r}: 'data' is a ragged array") from None
+    except (ValueError, TypeError, OverflowError):
+        raise bad(f"input {name!r}: 'data' is a ragged array or holds integers too large") from None
     if array.dtype.kind not in "iuf" or array.dtype == object:
         raise bad(f"input {name!r}: 'data' must hold numbers only")
     if array.size != count:

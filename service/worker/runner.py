@@ -13,11 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import orjson
 import torch
 
-from models.base import OutputSpec, ServableModel
+from models.base import ServableModel
 from service.config import ModelServeConfig
+from service.http.v1_answer import encode_predictions
 from service.messages import PROBABILITIES_F32, InferRequest
 from service.monitoring.metrics import MODEL_FORWARD, OUTPUT_NONFINITE
 from service.monitoring.origin import NonFiniteOutput, Origin
@@ -27,19 +27,6 @@ logger = logging.getLogger(__name__)
 
 # No "NaN" in the body: the cause is in the worker's log line, under the request id the body carries.
 NONFINITE_ERROR = b"internal error while running the model: its output was not finite"
-
-
-def encode_predictions(probabilities: np.ndarray, output_spec: OutputSpec) -> bytes:
-    """The JSON array of V1 predictions for a float32 probability matrix, one object per row."""
-    indices = probabilities.argmax(axis=1).tolist()
-    labels = output_spec.labels
-    return orjson.dumps(
-        [
-            {"label": labels[i], "label_index": i, "score": row[i], "probabilities": row}
-            for i, row in zip(indices, probabilities, strict=True)
-        ],
-        option=orjson.OPT_SERIALIZE_NUMPY,
-    )
 
 
 def attach_monitor(config: ModelServeConfig, model: ServableModel, device: torch.device) -> Any:
