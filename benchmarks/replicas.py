@@ -180,7 +180,8 @@ class ReplicaStack:
     def _replica(self, name: str) -> ServerProcess:
         port = self.ports[name]
         config = dict(self.config)
-        config["server"] = {**config.get("server", {}), "host": "127.0.0.1", "port": port}
+        # No gRPC unless the config asks: the replicas would otherwise all want its default port.
+        config["server"] = {"grpc_port": None, **config.get("server", {}), "host": "127.0.0.1", "port": port}
         config_path = self.workdir / f"{name}.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         command = [

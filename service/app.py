@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass
 
 from service.config import HookserveConfig
+from service.grpc.endpoint import GrpcEndpoint, check_port_free
 from service.http.admission import AdmissionGate, DrainSwitch
 from service.http.errors import install_error_handlers
 from service.http.front import FrontRouter, ServingPlan
@@ -63,7 +64,11 @@ def build_server(config: HookserveConfig) -> Server:
             REJECTED.labels(model_cfg.name, reason)
         WORKERS_READY.labels(model_cfg.name).set(0)  # the main process's 0 keeps the series when none is
 
-    plan = ServingPlan(routes=routes, gates=gates, drain=DrainSwitch(), states=states)
+    grpc = None
+    if config.server.grpc_port is not None:
+        grpc = GrpcEndpoint(config.server.host, config.server.grpc_port)
+        check_port_free(grpc)  # before the API servers bind it with SO_REUSEPORT
+    plan = ServingPlan(routes=routes, gates=gates, drain=DrainSwitch(), states=states, grpc=grpc)
     litserver = CompatLitServer(
         workers,
         accelerator="cpu",  # each ModelWorker places itself on its configured device

@@ -14,10 +14,12 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.grpc.endpoint import GrpcEndpoint
 from service.http import v2
 from service.http.admission import AdmissionGate, DrainSwitch
 from service.http.asgi import send_response
@@ -46,6 +48,7 @@ class ServingPlan:
     gates: dict[str, AdmissionGate]
     drain: DrainSwitch
     states: WorkerStates
+    grpc: GrpcEndpoint | None = None  # where each API server also serves V2 over gRPC; None: no gRPC
 
 
 class FrontRouter:
@@ -69,6 +72,7 @@ class FrontRouter:
         }
         self._unknown = RequestCounter(UNKNOWN_MODEL, "v1")
         self._connector: asyncio.Task | None = None
+        self._grpc: Any = None  # service.grpc.server.GrpcEdge once started
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -143,8 +147,18 @@ class FrontRouter:
         for pool in self.pools.values():
             await pool.connect_missing()
         self._connector = asyncio.create_task(keep_connected(self.pools.values()), name="worker-links")
+        if self.plan.grpc is not None:
+            from service.grpc.server import start_grpc  # grpc loads after the fork, in API servers only
+
+            plan = self.plan
+            self._grpc = await start_grpc(
+                plan.grpc, plan.routes, self.pools, plan.gates, plan.drain, self.ready,
+                plan.states.model_ready, hookserve_version(),
+            )  # fmt: skip
 
     async def _stop(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop()
         if self._connector is not None:
             self._connector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
