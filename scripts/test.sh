@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
 bash scripts/setup.sh kserve
+bash scripts/setup.sh triton
 bash scripts/install_prometheus.sh
 bash scripts/install_haproxy.sh
 .venv/bin/ruff check .

@@ -92,9 +92,9 @@ def _refuse_unsupported(parameters: Any, what: str) -> None:
 def _typed_contents(tensor: pb.ModelInferRequest.InferInputTensor) -> bytes | None:
     """The typed contents as raw bytes of the tensor's datatype; None when it holds none at all."""
     datatype, name = tensor.datatype, tensor.name
+    if datatype == "FP16":
+        raise bad(f"input {name!r}: FP16 tensors must be sent in raw_input_contents")
     if not tensor.HasField("contents"):
-        if datatype == "FP16":
-            raise bad(f"input {name!r}: FP16 tensors must be sent in raw_input_contents")
         if datatype in NUMERIC:
             raise bad(f"input {name!r}: neither raw_input_contents nor contents holds its data")
         return None  # an unsupported datatype: the codec names it
