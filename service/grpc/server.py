@@ -105,5 +105,6 @@ async def start_grpc(
     server.add_insecure_port(endpoint.address)  # raises RuntimeError when it cannot bind
     await server.start()
     refresher = asyncio.create_task(readiness.keep_fresh(), name="grpc-health")
-    logger.debug("gRPC on %s (%s)", endpoint.address, type(asyncio.get_running_loop()).__name__)
+    loop = type(asyncio.get_running_loop())
+    logger.debug("gRPC on %s (event loop %s.%s)", endpoint.address, loop.__module__, loop.__name__)
     return GrpcEdge(server, readiness, refresher)
