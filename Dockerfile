@@ -62,7 +62,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8001
 # /health answers 200 only once every model is loaded and warmed up; no curl in the image, so Python asks.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('HOOKSERVE_SERVER__PORT', '8000'), timeout=2)"]

@@ -1,14 +1,18 @@
-"""V1 JSON, V2 JSON and V2 binary side by side, on one server, in one run.
+"""V1 JSON, V2 JSON, V2 binary and V2 over gRPC side by side, on one server, in one run.
 
 ``python -m benchmarks.protocols [--models tiny,resnet-bench] [--concurrency 1,32] [--duration 8]
 [--repeats 3] [--out DIR]``
 
-For each model one hookserve (2 API servers, 1 torch thread per worker, monitoring on) serves all three
+For each model one hookserve (2 API servers, 1 torch thread per worker, monitoring on) serves all four
 protocols; windows rotate through the protocols so each sees the same machine, and the table shows
 medians. ``tiny`` is the peers harness's MLP (``benchmarks/peers``: serving overhead dominates);
 ``resnet-bench`` (3x64x64, 0.435 GFLOP) is model-bound, and is compared with ``model(x)`` in this process
 at the batch sizes the server actually ran (read from ``hookserve_batch_size`` after each window).
-Load: wrk, one body per protocol (the V2 binary one with its ``Inference-Header-Content-Length``).
+Load: wrk, one body per protocol (the V2 binary one with its ``Inference-Header-Content-Length``); for
+gRPC, h2load (Debian's nghttp2-client: the same closed loop, C connections of one request each, one
+thread, over HTTP/2) posting one framed ``ModelInferRequest`` with a raw FP32 input (what
+``tritonclient.grpc`` sends; every output comes back raw, like V2 binary's). h2load sees HTTP statuses
+only, so a gRPC window's errors are also read from the server: its non-200 answers in that window.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -72,6 +78,56 @@ def bodies(x: np.ndarray) -> dict[str, tuple[bytes, str]]:
     }
 
 
+def grpc_body(x: np.ndarray, model: str) -> bytes:
+    """One ``ModelInfer`` call as it goes on the wire: gRPC's 5-byte frame header, then the message."""
+    from service.grpc.proto import grpc_predict_v2_pb2 as pb
+
+    tensor = pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=x.shape)
+    request = pb.ModelInferRequest(
+        model_name=model, inputs=[tensor], raw_input_contents=[x.astype("<f4").tobytes()]
+    )
+    message = request.SerializeToString()
+    return b"\0" + len(message).to_bytes(4, "big") + message
+
+
+def check_grpc(port: int, body: bytes) -> None:
+    """Send ``body`` once with a real gRPC client: raises unless the answer is OK."""
+    import grpc
+
+    from service.grpc.proto import grpc_predict_v2_pb2 as pb
+    from service.grpc.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        answer = GRPCInferenceServiceStub(channel).ModelInfer(
+            pb.ModelInferRequest.FromString(body[5:]), timeout=60
+        )
+    assert answer.raw_output_contents, "a gRPC answer without outputs"
+
+
+def h2load(url: str, body: bytes, concurrency: int, duration: int) -> dict:
+    """h2load's closed loop of ``concurrency`` HTTP/2 connections posting ``body`` as gRPC."""
+    with tempfile.TemporaryDirectory() as tmp:
+        body_file, log_file = Path(tmp) / "body", Path(tmp) / "log"
+        body_file.write_bytes(body)
+        out = subprocess.run(
+            ["h2load", "-t1", f"-c{concurrency}", "-m1", f"-D{duration}", "-d", str(body_file),
+             "-H", "content-type: application/grpc", "-H", "te: trailers", "--log-file", str(log_file), url],
+            capture_output=True, text=True, timeout=duration + 60, check=True,
+        ).stdout  # fmt: skip
+        durations_us = np.array([int(line.split("\t")[2]) for line in log_file.read_text().splitlines()])
+    done = re.search(r"finished in ([\d.]+)s", out)
+    counts = re.search(r"(\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", out)
+    if done is None or counts is None or not len(durations_us):
+        raise RuntimeError(f"unreadable h2load output:\n{out[-2000:]}")
+    succeeded, *failed = (int(n) for n in counts.groups())
+    return {
+        "rps": succeeded / float(done.group(1)),
+        "p50_ms": float(np.percentile(durations_us, 50)) / 1e3,
+        "p99_ms": float(np.percentile(durations_us, 99)) / 1e3,
+        "errors": sum(failed),
+    }
+
+
 def wrk(url: str, body: bytes, header_length: str, concurrency: int, duration: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         script, body_file = Path(tmp) / "load.lua", Path(tmp) / "body"
@@ -91,8 +147,17 @@ def wrk(url: str, body: bytes, header_length: str, concurrency: int, duration: i
     }
 
 
-def mean_batch(base: str, model: str, before: str) -> float:
-    after = requests.get(f"{base}/metrics", timeout=10).text
+def server_errors(after: str, before: str, model: str) -> float:
+    """Answers other than 200 to ``model`` between two scrapes."""
+    total, ok = (
+        sum_samples(after, "hookserve_requests_total", model=model, **code)
+        - sum_samples(before, "hookserve_requests_total", model=model, **code)
+        for code in ({}, {"code": "200"})
+    )
+    return total - ok
+
+
+def mean_batch(model: str, before: str, after: str) -> float:
     total = sum_samples(after, "hookserve_batch_size_sum", model=model) - sum_samples(
         before, "hookserve_batch_size_sum", model=model
     )
@@ -100,6 +165,12 @@ def mean_batch(base: str, model: str, before: str) -> float:
         before, "hookserve_batch_size_count", model=model
     )
     return total / count if count else 0.0
+
+
+def load(name: str, url: str, body: bytes, header_length: str, concurrency: int, duration: int) -> dict:
+    if name.startswith("grpc"):
+        return h2load(url, body, concurrency, duration)
+    return wrk(url, body, header_length, concurrency, duration)
 
 
 def measure(model: str, args: argparse.Namespace, workdir: Path) -> list[dict]:
@@ -112,24 +183,32 @@ def measure(model: str, args: argparse.Namespace, workdir: Path) -> list[dict]:
         meta = requests.get(f"{server.base_url}/v1/models/{model}", timeout=10).json()
         x = np.random.default_rng(0).uniform(0, 1, size=[1, *meta["input"]["shape"]]).astype(np.float32)
         payloads = bodies(x)
+        payloads["grpc-binary"] = (grpc_body(x, model), "")
         urls = {
             "v1-json": f"{server.base_url}/v1/models/{model}:predict",
             "v2-json": f"{server.base_url}/v2/models/{model}/infer",
             "v2-binary": f"{server.base_url}/v2/models/{model}/infer",
+            "grpc-binary": f"http://127.0.0.1:{server.grpc_port}/inference.GRPCInferenceService/ModelInfer",
         }
         for name, (body, length) in payloads.items():  # each must answer 200 before it is timed
+            if name == "grpc-binary":
+                check_grpc(server.grpc_port, body)
+                continue
             headers = {"Inference-Header-Content-Length": length} if length else {}
             response = requests.post(urls[name], data=body, headers=headers, timeout=60)
             assert response.status_code == 200, (name, response.text[:300])
         rows = []
         for concurrency in args.concurrency:
             for name in payloads:  # warm-up
-                wrk(urls[name], *payloads[name], concurrency, 2)
+                load(name, urls[name], *payloads[name], concurrency, 2)
             for repeat in range(args.repeats):
                 for name, (body, length) in payloads.items():
                     before = requests.get(f"{server.base_url}/metrics", timeout=10).text
-                    result = wrk(urls[name], body, length, concurrency, args.duration)
-                    batch = mean_batch(server.base_url, model, before)
+                    result = load(name, urls[name], body, length, concurrency, args.duration)
+                    after = requests.get(f"{server.base_url}/metrics", timeout=10).text
+                    if name == "grpc-binary":  # h2load sees HTTP 200 for every gRPC answer
+                        result["errors"] += server_errors(after, before, model)
+                    batch = mean_batch(model, before, after)
                     rows.append({"model": model, "protocol": name, "concurrency": concurrency,
                                  "repeat": repeat, "mean_batch": batch, **result})  # fmt: skip
                     print(json.dumps(rows[-1]), flush=True)
@@ -179,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "protocols")
     args = parser.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    missing = [tool for tool in ("wrk", "h2load") if shutil.which(tool) is None]
+    if missing:
+        raise SystemExit(f"{', '.join(missing)} not found: apt-get install -y wrk nghttp2-client")
     args.out.mkdir(parents=True, exist_ok=True)
     rows, raw = [], {}
     with tempfile.TemporaryDirectory() as workdir:

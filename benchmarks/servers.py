@@ -159,6 +159,7 @@ class ServerProcess:
         self.extra_env = dict(env or {})
         self.process: subprocess.Popen | None = None
         self.failure: str | None = None
+        self.grpc_port: int | None = None  # hookserve's gRPC port, when it serves one
         self.startup_s: float | None = None
         self._roles: dict[str, list[int]] | None = None
 
@@ -287,9 +288,10 @@ def start_hookserve(
     port: int | None = None,
 ) -> ServerProcess:
     """Start ``python -m service serve`` on 127.0.0.1 with ``config``: a benchmark's settings, a config
-    dict or a config file. ``port``: a free one unless given (a replica restarts on its own). Its config
-    (if written here) and log go to ``workdir`` as ``LABEL.yaml`` and ``LABEL.log`` (label
-    ``hookserve-PORT`` by default). Does not wait: call ``wait_ready``."""
+    dict or a config file; gRPC on another free port unless the config sets ``server.grpc_port: null``.
+    ``port``: a free one unless given (a replica restarts on its own). Its config (if written here) and
+    log go to ``workdir`` as ``LABEL.yaml`` and ``LABEL.log`` (label ``hookserve-PORT`` by default).
+    Does not wait: call ``wait_ready``."""
     port = port or free_port()
     label = label or f"hookserve-{port}"
     if isinstance(config, HookserveSettings):
@@ -303,7 +305,13 @@ def start_hookserve(
     models = config.get("models") or [{}]
     command = [sys.executable, "-m", "service", "serve", "--config", str(config_path)]
     command += ["--host", "127.0.0.1", "--port", str(port)]
+    grpc_port = None  # the config turns gRPC off (server.grpc_port: null)
+    if (config.get("server") or {}).get("grpc_port", 0) is not None:
+        # A free port rather than the config's (8001): servers under test must not share one.
+        grpc_port = next(p for p in iter(free_port, None) if p != port)
+        command += ["--grpc-port", str(grpc_port)]
     server = ServerProcess(label, command, port, workdir / f"{label}.log", models[0].get("name", ""), env)
+    server.grpc_port = grpc_port
     server.start()
     return server
 

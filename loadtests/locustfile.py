@@ -6,6 +6,9 @@ Users:
   cancer) get real rows, and every answer is checked against the true label.
 - ``V2BinaryUser`` sends the same real rows over the Open Inference Protocol V2 with binary tensors
   (what tritonclient sends by default) and checks the answers the same way.
+- ``GrpcUser`` sends the same rows over the Open Inference Protocol V2 over gRPC (``ModelInfer`` with
+  raw tensors, as ``tritonclient.grpc`` does) to ``LOADTEST_GRPC_TARGET`` (host:port; default: the
+  ``-H`` host on port 8001), and checks the answers the same way.
 - ``InvalidPayloadUser`` sends what clients get wrong (wrong shape, NaN, out of range, not JSON, ...):
   each must be answered 4xx; a 5xx or a 2xx counts as a failure.
 
@@ -16,7 +19,8 @@ code and writes ``<--json-file or --csv prefix>_slo.json``.
     locust -f loadtests/locustfile.py -H http://127.0.0.1:8000 --headless -u 8 -r 4 -t 30s \
         --csv reports/x --html reports/x.html --json-file reports/x
 
-Tags: ``predict``, ``metadata`` and ``invalid`` (``--tags`` / ``--exclude-tags``). Other knobs:
+Tags: ``predict``, ``metadata``, ``invalid``, ``v2`` and ``grpc`` (``--tags`` / ``--exclude-tags``).
+Other knobs:
 ``LOADTEST_MODELS`` (comma list, default every served model), ``LOADTEST_MAX_INSTANCES`` [4],
 ``LOADTEST_WAIT_S`` ["0.1,0.3"], ``LOADTEST_MIN_SCORED`` [50] predictions before accuracy may fail requests.
 """
@@ -28,14 +32,18 @@ import logging
 import os
 import random
 import sys
+import time
 from pathlib import Path
 
 # Locust imports this file by path: make `loadtests` importable from any working directory.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import grpc
+import grpc.experimental.gevent
 from locust import FastHttpUser, between, events, tag, task
 from locust.runners import WorkerRunner
 
+from loadtests.grpc_payloads import GRPCInferenceServiceStub, grpc_target, infer_request, probabilities
 from loadtests.payloads import (
     AccuracyTally,
     ModelSpec,
@@ -49,6 +57,9 @@ from loadtests.shapes import selected_shapes
 from loadtests.slo import Objectives, judge
 
 logger = logging.getLogger("hookserve.loadtest")
+# Locust (imported before this file) has gevent-patched the standard library; grpc must follow it, before
+# any channel exists, so that its waits yield to the other users' greenlets.
+grpc.experimental.gevent.init_gevent()
 
 MAX_INSTANCES = int(os.environ.get("LOADTEST_MAX_INSTANCES", "4"))
 MIN_SCORED = int(os.environ.get("LOADTEST_MIN_SCORED", "50"))
@@ -198,6 +209,54 @@ class V2BinaryUser(HookserveUser):
                 problem = self.score(spec.name, predictions, batch.expected)
                 if problem is not None:
                     response.failure(problem)
+
+
+class GrpcUser(HookserveUser):
+    """Open Inference Protocol V2 over gRPC (binary tensors), on the same models and rows; metadata comes
+    from the HTTP side (V1 metadata has the value ranges and labels the payloads need)."""
+
+    weight = 2
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.channel = grpc.insecure_channel(grpc_target(self.host))
+        self.infer = GRPCInferenceServiceStub(self.channel).ModelInfer
+
+    def on_stop(self) -> None:
+        self.channel.close()
+
+    @tag("predict", "grpc")
+    @task(20)
+    def predict(self) -> None:
+        spec = self.rng.choice(self.specs)
+        batch = valid_batch(spec, self.rng, self.rng.randint(1, MAX_INSTANCES))
+        request = infer_request(spec, batch)
+        started = time.perf_counter()
+        problem: Exception | None = None
+        length = 0
+        try:
+            response = self.infer(request, timeout=30)
+            length = response.ByteSize()
+            found = probabilities(response, spec)
+            if found.shape[0] != len(batch.body["instances"]):
+                raise ValueError(f"expected {len(batch.body['instances'])} rows, got {found.shape[0]}")
+            if batch.expected is not None:
+                predictions = [{"label": spec.labels[int(i)]} for i in found.argmax(axis=1)]
+                accuracy = self.score(spec.name, predictions, batch.expected)
+                if accuracy is not None:
+                    raise ValueError(accuracy)
+        except grpc.RpcError as error:
+            problem = RuntimeError(f"{error.code().name}: {error.details()}")
+        except ValueError as error:
+            problem = error
+        self.environment.events.request.fire(
+            request_type="grpc",
+            name=f"grpc infer {spec.name}",
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=length,
+            exception=problem,
+            context={},
+        )
 
 
 class InvalidPayloadUser(HookserveUser):

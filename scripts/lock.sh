@@ -11,7 +11,7 @@
 # Locks are resolved for Python 3.11 on Linux x86_64, the platform the images and CI use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PIP_COMPILE="${PIP_COMPILE:-.venv/bin/pip-compile}"
+PIP_COMPILE="${HOOKSERVE_PIP_COMPILE:-.venv/bin/pip-compile}"  # not PIP_*: pip reads those as its options
 common=(--quiet --strip-extras --no-emit-find-links --no-emit-index-url --no-emit-trusted-host
         --unsafe-package torch --unsafe-package pip --unsafe-package setuptools --newline LF)
 export CUSTOM_COMPILE_COMMAND="scripts/lock.sh"

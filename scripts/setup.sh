@@ -5,6 +5,8 @@
 #   scripts/setup.sh dev      plus the test, lint and load-test tools (scripts/test.sh)
 #   scripts/setup.sh kserve   .venv-kserve: KServe's SDK for tests/test_kserve_sdk.py (it pins packages
 #                             the project's venv does not share)
+#   scripts/setup.sh triton   .venv-triton: tritonclient[grpc] for tests/test_grpc_live.py (its stubs and
+#                             hookserve's both register the `inference` proto package: one process each)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-serve}"
@@ -19,10 +21,19 @@ if [ "$mode" = kserve ]; then
   fi
   exit 0
 fi
+if [ "$mode" = triton ]; then
+  if [ ! -f .venv-triton/.installed ]; then
+    "$PYTHON" -m venv .venv-triton
+    .venv-triton/bin/python -m pip install --quiet --upgrade pip
+    .venv-triton/bin/python -m pip install --quiet "tritonclient[grpc]==2.67.0" "numpy>=1.26"
+    touch .venv-triton/.installed
+  fi
+  exit 0
+fi
 case "$mode" in
   serve) target="."; lock=requirements/serve.lock ;;
   dev) target=".[dev]"; lock=requirements/dev.lock ;;
-  *) echo "usage: $0 [serve|dev|kserve]" >&2; exit 2 ;;
+  *) echo "usage: $0 [serve|dev|kserve|triton]" >&2; exit 2 ;;
 esac
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv

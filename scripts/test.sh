@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
 bash scripts/setup.sh kserve
+bash scripts/setup.sh triton
 bash scripts/install_debian.sh prometheus haproxy
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"

@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass
 
 from service.config import HookserveConfig
+from service.grpc.endpoint import GrpcEndpoint, check_port_free
 from service.http.admission import REASONS, AdmissionGate, DrainSwitch
 from service.http.errors import install_error_handlers
 from service.http.front import FrontRouter, ServingPlan
@@ -83,6 +84,10 @@ def build_server(config: HookserveConfig, repository: ModelRepository | None = N
             REJECTED.labels(model_cfg.name, reason)
         WORKERS_READY.labels(model_cfg.name).set(0)  # the main process's 0 keeps the series when none is
 
+    grpc = None
+    if config.server.grpc_port is not None:
+        grpc = GrpcEndpoint(config.server.host, config.server.grpc_port)
+        check_port_free(grpc)  # before the API servers bind it with SO_REUSEPORT
     admin_key = config.server.auth.admin_key()
     repository_settings = RepositorySettings(
         catalog=catalog(config, repository),
@@ -98,6 +103,7 @@ def build_server(config: HookserveConfig, repository: ModelRepository | None = N
         states=states,
         repository=repository_settings,
         tracing=tracing,
+        grpc=grpc,
     )
     litserver = CompatLitServer(
         [(worker, worker.config.route) for worker in workers],

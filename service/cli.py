@@ -47,6 +47,12 @@ def _run_server(args: argparse.Namespace) -> int:
     server_cfg = config.server
     host = args.host or server_cfg.host
     port = args.port or server_cfg.port
+    grpc_port = server_cfg.grpc_port if args.grpc_port is None else args.grpc_port or None
+    if grpc_port == port:
+        print(f"the gRPC port and the HTTP port must differ (both are {port})", file=sys.stderr)
+        return 2
+    server_cfg = server_cfg.model_copy(update={"host": host, "grpc_port": grpc_port})
+    config = config.model_copy(update={"server": server_cfg})
     server = None
     try:
         from service.app import build_server
@@ -64,6 +70,8 @@ def _run_server(args: argparse.Namespace) -> int:
         shutdown.install()
         names = ", ".join(m.name for m in config.models)
         logger.info("serving %s on http://%s:%d (metrics at /metrics, docs at /docs)", names, host, port)
+        if grpc_port is not None:
+            logger.info("serving Open Inference Protocol V2 over gRPC on %s:%d", host, grpc_port)
         server.litserver.run(
             host=host,
             port=port,
@@ -177,6 +185,16 @@ def _add_repository_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _grpc_port(text: str) -> int:
+    """A port number, or 0 for 'off' (no gRPC)."""
+    if text.lower() in ("off", "none", "null"):
+        return 0
+    port = int(text)
+    if not 1024 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port from 1024 to 65535")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hookserve", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -185,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", choices=["127.0.0.1", "0.0.0.0", "::"], default=None)
     serve.add_argument("--port", type=int, default=None)
     _add_repository_options(serve)
+    serve.add_argument(
+        "--grpc-port", type=_grpc_port, default=None, help="gRPC port (server.grpc_port); 'off': no gRPC"
+    )
     serve.set_defaults(run=_serve)
     models = commands.add_parser("models", help="list the registered models")
     models.set_defaults(run=_models)

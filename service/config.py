@@ -77,6 +77,12 @@ class RestartPolicy(_Strict):
 class ServerConfig(_Strict):
     host: Literal["127.0.0.1", "0.0.0.0", "::"] = "127.0.0.1"
     port: int = Field(default=8000, ge=1024, le=65535)
+    grpc_port: int | None = Field(
+        default=8001,
+        ge=1024,
+        le=65535,
+        description="Open Inference Protocol V2 over gRPC on this port (Triton's default); null: no gRPC.",
+    )
     api_servers: int = Field(default=1, ge=1, le=64, description="uvicorn API-server processes.")
     request_timeout_s: float = Field(
         default=10.0, gt=0, description="Deadline for a whole request (queue + run); past it: 504."
@@ -112,6 +118,12 @@ class ServerConfig(_Strict):
             raise ValueError("load_models is used only with model_control explicit (with none, all load)")
         return self
     api_server_restarts: RestartPolicy = RestartPolicy()
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServerConfig:
+        if self.grpc_port == self.port:
+            raise ValueError(f"grpc_port and port must differ (both are {self.port})")
+        return self
 
 
 class ModelServeConfig(_Strict):

@@ -155,7 +155,13 @@ def test_schemas_are_vendored_with_their_licence_and_no_file_points_outside_the_
 def test_probes_use_paths_the_server_serves_on_its_port(kustomization: str) -> None:
     _, container = hookserve_container(render(kustomization))
     ports = {p.get("name"): p["containerPort"] for p in container["ports"]}
-    assert set(ports.values()) == {int(env_of(container)["HOOKSERVE_SERVER__PORT"])}
+    env = env_of(container)
+    # HTTP on server.port; gRPC, where a port is named for it, on server.grpc_port (KServe's
+    # InferenceService allows a container one port: HTTP there).
+    http = {port for name, port in ports.items() if name != "grpc"}
+    assert http == {int(env["HOOKSERVE_SERVER__PORT"])}
+    if "grpc" in ports:
+        assert ports["grpc"] == int(env["HOOKSERVE_SERVER__GRPC_PORT"]) != ports.get("http")
     probes = {
         name: container[name]
         for name in ("startupProbe", "readinessProbe", "livenessProbe")

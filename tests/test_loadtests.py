@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 import requests
 
-from loadtests import payloads, scenarios
+from loadtests import grpc_payloads, payloads, scenarios
 from loadtests.payloads import AccuracyTally, ModelSpec, check_predictions, invalid_requests, valid_batch
 from loadtests.slo import Objectives, judge
 from models.datasets import load_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
-SMOKE_USERS, SMOKE_SECONDS = 4, 15
+SMOKE_USERS, SMOKE_SECONDS = 5, 15  # 5: every user class gets one (locust spreads users by weight)
 
 DIGITS_METADATA = {
     "name": "digits-cnn",
@@ -218,7 +218,8 @@ def test_slo_thresholds_come_from_the_environment() -> None:
 def test_locustfile_loads_and_lists_every_user_class() -> None:
     result = locust("--list")
     assert result.returncode == 0, result.stderr
-    assert all(user in result.stdout for user in ("PredictUser", "V2BinaryUser", "InvalidPayloadUser"))
+    users = ("PredictUser", "V2BinaryUser", "GrpcUser", "InvalidPayloadUser")
+    assert all(user in result.stdout for user in users)
 
 
 def test_an_unknown_scenario_is_refused() -> None:
@@ -227,13 +228,15 @@ def test_an_unknown_scenario_is_refused() -> None:
 
 
 @pytest.mark.slow
-def test_headless_smoke_run_passes_its_slo_gate(live_server: str, tmp_path: Path) -> None:
+def test_headless_smoke_run_passes_its_slo_gate(live_server_process, tmp_path: Path) -> None:
+    live_server = live_server_process.base_url
     assert urlparse(live_server).hostname == "127.0.0.1", "load-test only the local test server"
     prefix = tmp_path / "smoke"
     env = {
         "LOADTEST_SHAPE": "smoke",
         "LOADTEST_USERS": str(SMOKE_USERS),
         "LOADTEST_STAGE_S": str(SMOKE_SECONDS),
+        "LOADTEST_GRPC_TARGET": f"127.0.0.1:{live_server_process.grpc_port}",
     }
     result = locust(
         "--headless",
@@ -259,9 +262,64 @@ def test_headless_smoke_run_passes_its_slo_gate(live_server: str, tmp_path: Path
     served = {model["name"] for model in models}
     assert {name.removeprefix("predict ") for name in stats if name.startswith("predict ")} == served
     assert any(name.startswith("invalid: ") for name in stats), "no invalid payloads were sent"
+    assert {name.removeprefix("grpc infer ") for name in stats if name.startswith("grpc infer ")} == served
     assert "GET /v1/models/[name]" in stats
 
     verdict = json.loads(Path(f"{prefix}_slo.json").read_text())
     assert verdict["passed"] and verdict["fail_ratio"] == 0
     assert verdict["accuracy"] and all(value >= 0.9 for value in verdict["accuracy"].values())
     assert (tmp_path / "smoke.html").stat().st_size > 0
+
+
+def test_grpc_payloads_round_trip_a_batch() -> None:
+    spec = ModelSpec.from_metadata(DIGITS_METADATA)
+    batch = valid_batch(spec, random.Random(0), 3)
+    request = grpc_payloads.infer_request(spec, batch)
+    assert request.model_name == "digits-cnn" and list(request.inputs[0].shape) == [3, 8, 8]
+    sent = np.frombuffer(request.raw_input_contents[0], "<f4").reshape(3, 8, 8)
+    np.testing.assert_array_equal(sent, np.asarray(batch.body["instances"], np.float32))
+    response = grpc_payloads.pb.ModelInferResponse(
+        outputs=[{"name": "probabilities", "datatype": "FP32", "shape": [3, 10]}],
+        raw_output_contents=[np.eye(3, 10, dtype="<f4").tobytes()],
+    )
+    assert grpc_payloads.probabilities(response, spec).argmax(axis=1).tolist() == [0, 1, 2]
+    assert grpc_payloads.grpc_target("http://hookserve:8000", {}) == "hookserve:8001"
+    assert grpc_payloads.grpc_target("http://x:1", {"LOADTEST_GRPC_TARGET": "127.0.0.1:9"}) == "127.0.0.1:9"
+
+
+@pytest.mark.slow
+def test_grpc_user_alone_runs_clean_and_bounded(live_server_process, tmp_path: Path) -> None:
+    """Only ``GrpcUser``, a few seconds: every gRPC answer 200 and right. One model, digits-cnn, whose
+    accuracy (~99 %) a few dozen rows cannot push under the gate's 90 % by chance."""
+    assert urlparse(live_server_process.base_url).hostname == "127.0.0.1", "load-test only the local server"
+    prefix = tmp_path / "grpc"
+    env = {
+        "LOADTEST_GRPC_TARGET": f"127.0.0.1:{live_server_process.grpc_port}",
+        "LOADTEST_MODELS": "digits-cnn",
+    }
+    result = locust(
+        "GrpcUser",
+        "--headless",
+        "-H",
+        live_server_process.base_url,
+        "-u",
+        "2",
+        "-r",
+        "2",
+        "-t",
+        "6s",
+        "--json-file",
+        str(prefix),
+        "--only-summary",
+        env=env,
+        timeout=60,
+    )
+    log = result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, log
+    stats = {entry["name"]: entry for entry in json.loads(prefix.with_suffix(".json").read_text())}
+    grpc_stats = {name: entry for name, entry in stats.items() if name.startswith("grpc infer ")}
+    assert list(grpc_stats) == ["grpc infer digits-cnn"]
+    assert grpc_stats["grpc infer digits-cnn"]["num_requests"] > 0
+    assert all(entry["num_failures"] == 0 for entry in stats.values()), log
+    verdict = json.loads(Path(f"{prefix}_slo.json").read_text())
+    assert verdict["passed"] and verdict["accuracy"]["digits-cnn"] >= 0.9

@@ -89,3 +89,27 @@ def test_an_unsampled_parent_yields_no_spans(server: ServerProcess, receiver: Ot
     assert predict(server, f"00-{sampled}-{secrets.token_hex(8)}-01").status_code == 200
     assert receiver.wait_for(sampled, {"forward"})
     assert receiver.trace(trace_id) == []
+
+
+def test_a_grpc_request_joins_the_trace_in_its_metadata(
+    server: ServerProcess, receiver: OtlpReceiver
+) -> None:
+    import grpc
+
+    from service.grpc.proto import grpc_predict_v2_pb2 as pb
+    from service.grpc.proto import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    trace_id, client_span = secrets.token_hex(16), secrets.token_hex(8)
+    x = np.random.default_rng(1).uniform(0, 16, (1, 8, 8)).astype(np.float32)
+    tensor = pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=x.shape)
+    request = pb.ModelInferRequest(model_name=MODEL, inputs=[tensor], raw_input_contents=[x.tobytes()])
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub.ModelInfer(request, metadata=(("traceparent", f"00-{trace_id}-{client_span}-01"),), timeout=30)
+    rpc = "inference.GRPCInferenceService/ModelInfer"
+    named = by_name(receiver.wait_for(trace_id, {rpc, "forward", "queue", "admission"}))
+    assert {rpc, "forward", "queue", "admission"} <= set(named), sorted(named)
+    assert named[rpc].parent_span_id == client_span
+    assert named[rpc].attributes["rpc.system"] == "grpc"
+    assert named[rpc].attributes["rpc.grpc.status_code"] == 0
+    assert named["forward"].parent_span_id == named[rpc].span_id

@@ -25,9 +25,13 @@ _bearer = HTTPBearer(auto_error=False, description="Set when the server runs wit
 
 
 def bearer_matches(scope: dict, key: bytes) -> bool:
-    """``Authorization: Bearer <key>``, compared in constant time: the one credential check."""
-    given = header(scope, b"authorization") or b""
-    scheme, _, token = given.partition(b" ")
+    """The request's ``Authorization`` header carries ``key`` (:func:`credential_matches`)."""
+    return credential_matches(header(scope, b"authorization"), key)
+
+
+def credential_matches(authorization: bytes | None, key: bytes) -> bool:
+    """``Bearer <key>``, compared in constant time: the one credential check of every protocol."""
+    scheme, _, token = (authorization or b"").partition(b" ")
     return scheme.lower() == b"bearer" and secrets.compare_digest(token.strip(), key)
 
 

@@ -36,8 +36,13 @@ class ClientError(Exception):
 
 
 def request_id_of(scope: dict) -> str:
-    """The client's ``X-Request-ID`` when it is sane (printable ASCII, at most 128 bytes), else a new one."""
-    given = header(scope, b"x-request-id")
+    """The request's ``X-Request-ID`` (:func:`sane_request_id`)."""
+    return sane_request_id(header(scope, b"x-request-id"))
+
+
+def sane_request_id(given: bytes | None) -> str:
+    """A client's request id when it is sane (printable ASCII, at most 128 bytes), else a new one: the
+    one rule for every protocol (HTTP header, gRPC metadata)."""
     if given and len(given) <= MAX_REQUEST_ID and given.isascii() and given.decode().isprintable():
         return given.decode()
     return uuid.uuid4().hex

@@ -15,10 +15,12 @@ import logging
 import os
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.grpc.endpoint import GrpcEndpoint
 from service.http import v2
 from service.http.admission import AdmissionGate, DrainSwitch
 from service.http.asgi import send_response
@@ -52,6 +54,7 @@ class ServingPlan:
     states: WorkerStates
     repository: RepositorySettings
     tracing: TracingSettings | None = None
+    grpc: GrpcEndpoint | None = None  # where each API server also serves V2 over gRPC; None: no gRPC
 
 
 class FrontRouter:
@@ -78,6 +81,7 @@ class FrontRouter:
         }
         self._unknown = RequestCounter(UNKNOWN_MODEL, "v1")
         self._connector: asyncio.Task | None = None
+        self._grpc: Any = None  # service.grpc.server.GrpcEdge once started
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -149,18 +153,30 @@ class FrontRouter:
         return watched
 
     async def _start(self) -> None:
+        request_tracer = None
         if self.plan.tracing is not None:  # a tracer per API server, built after the fork
             from service.tracing.provider import start_tracer
             from service.tracing.request_spans import RequestTracer
 
             tracer, _ = start_tracer(self.plan.tracing, role=f"api-server {os.getpid()}")
+            request_tracer = RequestTracer(tracer)
             for route in self.inference_routes:
-                route.tracer = RequestTracer(tracer)
+                route.tracer = request_tracer
         for pool in self.pools.values():
             await pool.connect_missing()
         self._connector = asyncio.create_task(keep_connected(self.pools.values()), name="worker-links")
+        if self.plan.grpc is not None:
+            from service.grpc.server import start_grpc  # grpc loads after the fork, in API servers only
+
+            plan = self.plan
+            self._grpc = await start_grpc(
+                plan.grpc, plan.routes, self.pools, plan.gates, plan.drain, self.ready,
+                plan.states.model_ready, hookserve_version(), request_tracer,
+            )  # fmt: skip
 
     async def _stop(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop()
         if self._connector is not None:
             self._connector.cancel()
             with contextlib.suppress(asyncio.CancelledError):

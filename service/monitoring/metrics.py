@@ -42,7 +42,8 @@ REQUESTS = Counter(
 )
 PROTOCOL_REQUESTS = Counter(
     "hookserve_protocol_requests_total",
-    "Inference requests answered, by protocol (v1: /v1/models/NAME:predict, v2: Open Inference Protocol).",
+    "Inference requests answered, by protocol (v1: /v1/models/NAME:predict, v2: Open Inference Protocol, "
+    "grpc: Open Inference Protocol over gRPC).",
     ["model", "protocol"],
 )
 REQUEST_DURATION = Histogram(

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Regenerate the gRPC stubs of the Open Inference Protocol V2 (service/grpc/proto/grpc_predict_v2_pb2*.py
+# and .pyi) from the vendored grpc_predict_v2.proto, with grpcio-tools (a dev extra). Run it after
+# changing the .proto or the pinned grpcio-tools; tests/test_grpc_stubs.py fails while the committed
+# stubs differ from what this writes.
+#   scripts/gen_grpc.sh           regenerate in place
+#   scripts/gen_grpc.sh OUT_DIR   write the stubs under OUT_DIR (same relative paths) instead
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-.venv/bin/python}"
+out="${1:-.}"
+mkdir -p "$out"
+# Relative to the repository root, so the generated *_grpc.py imports `service.grpc.proto...`.
+"$PYTHON" -m grpc_tools.protoc -I . --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" \
+    service/grpc/proto/grpc_predict_v2.proto

@@ -1,0 +1,263 @@
+"""``inference.GRPCInferenceService``: the Open Inference Protocol V2 over gRPC, on the REST routes' models.
+
+Health, readiness and metadata say what their REST twins say (``/v2/health/*``, ``/v2``,
+``/v2/models/{m}``); ``ModelInfer`` decodes with the REST codec (:mod:`service.grpc.tensors`) and
+sends the instances down the same pipeline, so gRPC requests batch with V1 and V2 REST ones.
+
+Errors are gRPC status codes carrying the message REST would send, mapped from the HTTP status
+hookserve uses internally (which is also what ``hookserve_requests_total``'s ``code`` records):
+INVALID_ARGUMENT for anything wrong with a request, NOT_FOUND for an unknown model or version,
+UNAUTHENTICATED without the key, UNAVAILABLE for overload, drain or no live worker, DEADLINE_EXCEEDED
+past the server's deadline or the client's own, INTERNAL only for a fault of the server. The request
+id (the client's ``x-request-id`` metadata, else a new one) comes back as the answer's ``id`` when
+the request had none, and in the trailing metadata of an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import grpc
+
+from service.grpc.proto import grpc_predict_v2_pb2 as pb
+from service.grpc.proto import grpc_predict_v2_pb2_grpc as pb_grpc
+from service.grpc.tensors import decode_infer_request, encode_infer_response
+from service.http.auth import credential_matches
+from service.http.errors import ClientError, sane_request_id
+from service.http.inference import InferencePipeline, RequestCounter, RouteSettings
+from service.http.v2 import model_metadata
+from service.http.worker_client import WorkerUnavailable
+
+if TYPE_CHECKING:
+    from service.tracing.request_spans import RequestTrace, RequestTracer
+
+logger = logging.getLogger(__name__)
+PROTOCOL = "grpc"
+UNKNOWN_MODEL = "unknown"  # the model label of requests for models that are not served (as for REST)
+SERVICE_NAME = "inference.GRPCInferenceService"
+CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+NOT_YET = "the model repository extension is not served yet: models are fixed by the server's config"
+AUTH_MESSAGE = "missing or invalid API key: send the metadata 'authorization: Bearer <key>'"
+
+
+def grpc_code(status: int) -> grpc.StatusCode:
+    """The gRPC code of an HTTP status: any other 4xx is the client's to fix, any other 5xx the server's."""
+    code = CODES.get(status)
+    if code is not None:
+        return code
+    return grpc.StatusCode.INVALID_ARGUMENT if 400 <= status < 500 else grpc.StatusCode.INTERNAL
+
+
+@dataclass(frozen=True)
+class GrpcModel:
+    """One served model as gRPC sees it: its settings, its pipeline and its counters."""
+
+    settings: RouteSettings
+    pipeline: InferencePipeline
+    counter: RequestCounter
+    metadata: pb.ModelMetadataResponse
+
+    @classmethod
+    def build(cls, settings: RouteSettings, pipeline: InferencePipeline) -> GrpcModel:
+        meta = model_metadata(settings)
+        metadata = pb.ModelMetadataResponse(
+            name=meta["name"], versions=meta["versions"], platform=meta["platform"]
+        )
+        for kind in ("inputs", "outputs"):
+            for tensor in meta[kind]:
+                getattr(metadata, kind).add(**tensor)
+        return cls(settings, pipeline, RequestCounter(settings.model, PROTOCOL), metadata)
+
+
+class _Failed(Exception):
+    """The request's answer is an error: ``status`` (HTTP) and a message for the client."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
+    """The V2 gRPC methods over the models one API-server process serves."""
+
+    def __init__(
+        self,
+        models: dict[str, GrpcModel],
+        model_ready: Callable[[str], bool],
+        server_ready: Callable[[], bool],
+        version: str,
+        api_key: bytes | None,
+    ) -> None:
+        self.models = models
+        self.model_ready = model_ready
+        self.server_ready = server_ready
+        self.version = version
+        self.api_key = api_key
+        self.served = sorted(models)
+        self._unknown = RequestCounter(UNKNOWN_MODEL, PROTOCOL)
+        self.tracer: RequestTracer | None = None  # set when tracing is on (traceparent in the metadata)
+
+    # -- health (always open, like /v2/health/* and /health)
+    async def ServerLive(self, request: pb.ServerLiveRequest, context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.server_ready())
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
+        model = await self._model_or_abort(request.name, request.version, context)
+        return pb.ModelReadyResponse(ready=self.model_ready(model.settings.model))
+
+    # -- metadata (needs the key when auth is on, like V1 metadata)
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context) -> pb.ServerMetadataResponse:
+        await self._authorize_or_abort(context)
+        return pb.ServerMetadataResponse(name="hookserve", version=self.version, extensions=[])
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
+        model = await self._model_or_abort(request.name, request.version, context)
+        await self._authorize_or_abort(context)
+        return model.metadata
+
+    # -- inference
+    async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
+        started, arrived = time.perf_counter(), time.monotonic()
+        request_id = request_id_of(context)
+        traced = None if self.tracer is None else self._start_trace(request.model_name, context, request_id)
+        counter = self._unknown
+        try:
+            model = self._model(request.model_name, request.model_version)
+            counter = model.counter
+            response = await self._infer(model, request, context, request_id, arrived, traced)
+        except _Failed as failure:
+            counter.record(failure.status, time.perf_counter() - started)
+            if traced is not None:
+                traced.finish(failure.status, **{"rpc.grpc.status_code": grpc_code(failure.status).value[0]})
+            await context.abort(grpc_code(failure.status), failure.message, (("x-request-id", request_id),))
+        counter.record(200, time.perf_counter() - started)
+        if traced is not None:
+            traced.finish(200, **{"rpc.grpc.status_code": 0})
+        return response
+
+    def _start_trace(self, model: str, context, request_id: str) -> RequestTrace | None:
+        carrier = {}
+        for key in ("traceparent", "tracestate"):
+            if value := metadata_value(context, key):
+                carrier[key] = value
+        attributes = {
+            "rpc.system": "grpc",
+            "rpc.service": "inference.GRPCInferenceService",
+            "rpc.method": "ModelInfer",
+            "hookserve.request_id": request_id,
+            "hookserve.model": model,
+            "hookserve.protocol": PROTOCOL,
+        }
+        return self.tracer.start("inference.GRPCInferenceService/ModelInfer", carrier, attributes)
+
+    async def _infer(
+        self,
+        model: GrpcModel,
+        request: pb.ModelInferRequest,
+        context,
+        request_id: str,
+        arrived: float,
+        traced: RequestTrace | None = None,
+    ) -> pb.ModelInferResponse:
+        """The answer, or :class:`_Failed` saying what went wrong."""
+        try:
+            if not self._authorized(context):
+                raise ClientError(401, AUTH_MESSAGE)
+            decoded = decode_infer_request(request, model.settings)
+            async with asyncio.timeout(context.time_remaining()):  # the client's deadline, if it set one
+                status, payload = await model.pipeline.infer(decoded, request_id, arrived, traced)
+            if status != 200:
+                raise _Failed(status, payload.decode(errors="replace"))
+            return encode_infer_response(payload, decoded, model.settings, request_id)
+        except ClientError as error:
+            raise _Failed(error.status, error.message) from None
+        except WorkerUnavailable as error:
+            raise _Failed(503, str(error)) from None
+        except TimeoutError:
+            raise _Failed(504, "the request did not finish within the client's deadline") from None
+        except _Failed:
+            raise
+        except Exception:
+            name = model.settings.model
+            logger.exception("gRPC request %s to %s failed in the API server", request_id, name)
+            raise _Failed(500, "internal server error") from None
+
+    # -- the repository extension: not yet
+    async def RepositoryModelLoad(self, request, context) -> pb.RepositoryModelLoadResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, NOT_YET)
+
+    async def RepositoryModelUnload(self, request, context) -> pb.RepositoryModelUnloadResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, NOT_YET)
+
+    # -- helpers
+    def _model(self, name: str, version: str) -> GrpcModel:
+        model = self.models.get(name)
+        if model is None:
+            raise _Failed(404, f"model {name!r} is not served; served: {self.served}")
+        if version and version != model.settings.version:
+            served = model.settings.version
+            raise _Failed(404, f"model {name!r} has no version {version!r}; it serves {served!r}")
+        return model
+
+    async def _model_or_abort(self, name: str, version: str, context) -> GrpcModel:
+        try:
+            return self._model(name, version)
+        except _Failed as failure:
+            await context.abort(grpc_code(failure.status), failure.message)
+            raise  # abort raises; this line only tells type checkers so
+
+    def _authorized(self, context) -> bool:
+        """``authorization: Bearer <key>`` metadata, compared in constant time; true when no key is set."""
+        if self.api_key is None:
+            return True
+        given = metadata_value(context, "authorization")
+        return credential_matches(given.encode(errors="replace") if given else None, self.api_key)
+
+    async def _authorize_or_abort(self, context) -> None:
+        if not self._authorized(context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, AUTH_MESSAGE)
+
+
+def metadata_value(context, key: str) -> str | None:
+    """The first value of ``key`` in the call's metadata (keys arrive lower-case)."""
+    for item in context.invocation_metadata() or ():
+        if item[0] == key:
+            value = item[1]
+            return value if isinstance(value, str) else None
+    return None
+
+
+def request_id_of(context) -> str:
+    """The client's ``x-request-id`` when it is sane (printable ASCII, at most 128 bytes), else a new one."""
+    given = metadata_value(context, "x-request-id")
+    return sane_request_id(given.encode(errors="replace") if given else None)
+
+
+async def repository_index(request: bytes, context) -> bytes:
+    """``RepositoryIndex`` (Triton's proto has it, KServe's does not): answered, not served yet."""
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, NOT_YET)
+    return b""
+
+
+def repository_index_handler() -> grpc.GenericRpcHandler:
+    """Serves ``RepositoryIndex`` as raw bytes, so Triton clients get a message rather than 'not found'."""
+    handler = grpc.unary_unary_rpc_method_handler(repository_index)
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, {"RepositoryIndex": handler})
