@@ -32,7 +32,7 @@ def start(config: dict, label: str, out: Path) -> ServerProcess:
 
 def check_precision(precision: str, out: Path) -> dict:
     config = {
-        "server": {"host": "127.0.0.1", "api_servers": 2, "request_timeout_s": 30},
+        "server": {"host": "127.0.0.1", "api_servers": 2, "request_timeout_s": 30, "grpc_port": None},
         "models": [
             {
                 "name": "resnet-bench",

@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         if target is not None:
             model["latency_target_ms"] = target
         server = {"api_servers": args.api_servers, "log_level": "warning", "max_payload_bytes": 64 << 20}
+        server["grpc_port"] = None  # HTTP only
         return {"server": server, "models": [model]}
 
     rows = {}
