@@ -12,24 +12,20 @@ cd "$(dirname "$0")/.."
 mode="${1:-serve}"
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
-if [ "$mode" = kserve ]; then
-  if [ ! -f .venv-kserve/.installed ]; then
-    "$PYTHON" -m venv .venv-kserve
-    .venv-kserve/bin/python -m pip install --quiet --upgrade pip
-    .venv-kserve/bin/python -m pip install --quiet "kserve==0.21.0" "numpy>=1.26"
-    touch .venv-kserve/.installed
+# A client in a venv of its own (its packages clash with the project's): side_venv DIR PACKAGE...
+side_venv() {
+  local dir="$1"; shift
+  if [ ! -f "$dir/.installed" ]; then
+    "$PYTHON" -m venv "$dir"
+    "$dir/bin/python" -m pip install --quiet --upgrade pip
+    "$dir/bin/python" -m pip install --quiet "$@"
+    touch "$dir/.installed"
   fi
-  exit 0
-fi
-if [ "$mode" = triton ]; then
-  if [ ! -f .venv-triton/.installed ]; then
-    "$PYTHON" -m venv .venv-triton
-    .venv-triton/bin/python -m pip install --quiet --upgrade pip
-    .venv-triton/bin/python -m pip install --quiet "tritonclient[grpc]==2.67.0" "numpy>=1.26"
-    touch .venv-triton/.installed
-  fi
-  exit 0
-fi
+}
+case "$mode" in
+  kserve) side_venv .venv-kserve "kserve==0.21.0" "numpy>=1.26"; exit 0 ;;
+  triton) side_venv .venv-triton "tritonclient[grpc]==2.67.0" "numpy>=1.26"; exit 0 ;;
+esac
 case "$mode" in
   serve) target="."; lock=requirements/serve.lock ;;
   dev) target=".[dev]"; lock=requirements/dev.lock ;;
