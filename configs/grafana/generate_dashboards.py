@@ -274,8 +274,8 @@ def service_health() -> dict:
         Panel(
             "Rejected requests",
             "Requests refused before reaching a worker (503 + Retry-After), by reason: overload (admission "
-            "limit reached), latency_target (predicted answer time over the model's latency_target_ms) or "
-            "draining (shutting down).",
+            "limit reached), latency_target (predicted answer time over the model's latency_target_ms), "
+            "deadline (predicted to miss the request's own timeout) or draining (shutting down).",
             "reqps",
             [
                 Target(
@@ -296,6 +296,27 @@ def service_health() -> dict:
                     f"max by (model, batch_bucket) (hookserve_batch_cost_seconds{{{MODEL}}})",
                     "{{model}} b={{batch_bucket}}",
                 )
+            ],
+            width=8,
+        ),
+        Panel(
+            "Batch size: served against the curve's best",
+            "The p50 and p99 of the batches the workers ran (hookserve_batch_size) beside the batch size of "
+            "highest throughput on the learned cost curve (hookserve_batch_best_size), where batches stop. "
+            "Served batches well below the best mean there is not enough load to fill them.",
+            "short",
+            [
+                Target(
+                    "histogram_quantile(0.5, sum by (model, le) "
+                    f"(rate(hookserve_batch_size_bucket{{{MODEL}}}{RATE})))",
+                    "{{model}} p50 served",
+                ),
+                Target(
+                    "histogram_quantile(0.99, sum by (model, le) "
+                    f"(rate(hookserve_batch_size_bucket{{{MODEL}}}{RATE})))",
+                    "{{model}} p99 served",
+                ),
+                Target(f"max by (model) (hookserve_batch_best_size{{{MODEL}}})", "{{model}} best"),
             ],
             width=8,
         ),
