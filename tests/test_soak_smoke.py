@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from benchmarks.soak.client import parse_response
 
 from benchmarks.soak.checks import OK, WRONG_ANSWER, Stats, goal_checks
+from benchmarks.soak.client import parse_response
 from benchmarks.soak.corpus import VALID, Request, build_corpus
 from loadtests.payloads import NESTING_DEPTHS, ModelSpec, deep_nesting_requests, invalid_requests
 
