@@ -53,14 +53,15 @@ def start(repository: Path, workdir: Path, *args: str) -> ServerProcess:
     port = free_port()
     config = workdir / f"server-{port}.yaml"
     auth = {"api_key_env": "HOOKSERVE_TEST_API_KEY", "admin_key_env": "HOOKSERVE_TEST_ADMIN_KEY"}
-    write_yaml(config, {"server": {"api_servers": 1, "shutdown_grace_s": 2, "auth": auth}})
+    server = {"api_servers": 1, "shutdown_grace_s": 2, "auth": auth, "grpc_port": None}  # no gRPC port clash
+    write_yaml(config, {"server": server})
     command = [sys.executable, "-m", "service", "serve", "--config", str(config), "--port", str(port)]
     command += ["--model-repository", str(repository), *args]
-    server = ServerProcess(f"repository-{port}", command, port, workdir / f"server-{port}.log", env=KEYS)
-    server.start()
-    if not server.wait_ready(180.0):
-        raise RuntimeError(f"hookserve did not become ready: {server.failure}")
-    return server
+    process = ServerProcess(f"repository-{port}", command, port, workdir / f"server-{port}.log", env=KEYS)
+    process.start()
+    if not process.wait_ready(180.0):
+        raise RuntimeError(f"hookserve did not become ready: {process.failure}")
+    return process
 
 
 @pytest.fixture(scope="module")

@@ -356,11 +356,11 @@ def service_health() -> dict:
         ),
         Panel(
             "API-server restarts",
-            "API-server (uvicorn) processes replaced after they died, per replica, over the last hour "
-            "(hookserve_api_server_restarts_total). Only the requests in flight on the dead one failed; "
-            "a crash loop stops the replica (HookserveApiServerRestarted).",
+            "API-server (uvicorn) processes replaced after they died, over all replicas in the last hour "
+            "(hookserve_api_server_restarts_total; the alert names the replica). Only the requests in "
+            "flight on the dead one failed; a crash loop stops the replica (HookserveApiServerRestarted).",
             "short",
-            [Target("sum by (instance) (increase(hookserve_api_server_restarts_total[1h]))", "{{instance}}")],
+            [Target("sum(increase(hookserve_api_server_restarts_total[1h]))", "all replicas")],
             width=8,
             min_value=0,
         ),
