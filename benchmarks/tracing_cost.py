@@ -41,7 +41,10 @@ def server_config(model: str, ratio: float | None) -> dict:
     settings = HookserveSettings(model=model, model_extra={"source": source})
     config = settings.config(port=0)
     del config["server"]["port"]  # start_hookserve passes the port
-    if ratio is not None:
+    # Explicit on both sides: the OTLP endpoint variable, set for every server, would turn "off" on too.
+    if ratio is None:
+        config["server"]["tracing"] = {"enabled": False}
+    else:
         config["server"]["tracing"] = {"enabled": True, "sample_ratio": ratio, "export_interval_s": 0.5}
     return config
 
