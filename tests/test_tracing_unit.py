@@ -32,6 +32,41 @@ def test_off_by_default_and_on_with_the_standard_variables() -> None:
     assert forced is not None and forced.endpoint == "http://c/v1/traces" and forced.sample_ratio == 0.01
 
 
+def test_the_standard_sampler_variables_set_the_ratio_and_whether_parents_decide() -> None:
+    def sampling(**env: str) -> tuple[float, bool]:
+        settings = resolve(TracingConfig(enabled=True), env)
+        assert settings is not None
+        return settings.sample_ratio, settings.follow_parent
+
+    assert sampling() == (1.0, True)  # OpenTelemetry's default: parentbased_always_on
+    ratio = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}
+    assert sampling(**ratio) == (0.01, True)
+    assert sampling(OTEL_TRACES_SAMPLER="traceidratio", OTEL_TRACES_SAMPLER_ARG="0.2") == (0.2, False)
+    assert sampling(OTEL_TRACES_SAMPLER="always_off") == (0.0, False)
+    assert sampling(OTEL_TRACES_SAMPLER="traceidratio", OTEL_TRACES_SAMPLER_ARG="lots") == (1.0, False)
+
+
+def test_the_head_decision_follows_a_valid_parent_and_samples_the_rest_at_the_ratio() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from service.tracing.request_spans import RequestTracer
+
+    tracer = TracerProvider().get_tracer("test")
+    parent = "00-" + "a" * 32 + "-" + "b" * 16 + "-"
+    never = RequestTracer(tracer, ratio=0.0)
+    assert never.sampled(parent + "01") and not never.sampled(parent + "00")
+    assert not never.sampled(None) and not never.sampled("garbage") and not never.sampled(parent + "zz")
+    assert not RequestTracer(tracer, ratio=0.0, follow_parent=False).sampled(parent + "01")
+    always = RequestTracer(tracer, ratio=1.0)
+    assert always.sampled(None) and not always.sampled(parent + "00")
+    some = RequestTracer(tracer, ratio=0.25)
+    hits = sum(some.sampled(None) for _ in range(20_000))
+    assert 4_000 < hits < 6_000  # 5,000 expected; the bounds are 14 standard deviations wide
+    built: list[int] = []
+    assert some.start("x", {"traceparent": parent + "00"}, lambda: built.append(1) or {}) is None
+    assert built == []  # an unsampled request builds no attributes
+
+
 class Exporter(SpanExporter):
     def __init__(self, result: SpanExportResult, gate: threading.Event | None = None) -> None:
         self.result = result

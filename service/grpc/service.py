@@ -158,14 +158,16 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         for key in ("traceparent", "tracestate"):
             if value := metadata_value(context, key):
                 carrier[key] = value
-        attributes = {
-            "rpc.system": "grpc",
-            "rpc.service": "inference.GRPCInferenceService",
-            "rpc.method": "ModelInfer",
-            "hookserve.request_id": request_id,
-            "hookserve.model": model,
-            "hookserve.protocol": PROTOCOL,
-        }
+        def attributes() -> dict[str, object]:  # built only for a sampled request
+            return {
+                "rpc.system": "grpc",
+                "rpc.service": "inference.GRPCInferenceService",
+                "rpc.method": "ModelInfer",
+                "hookserve.request_id": request_id,
+                "hookserve.model": model,
+                "hookserve.protocol": PROTOCOL,
+            }
+
         return self.tracer.start("inference.GRPCInferenceService/ModelInfer", carrier, attributes)
 
     async def _infer(

@@ -159,7 +159,8 @@ class FrontRouter:
             from service.tracing.request_spans import RequestTracer
 
             tracer, _ = start_tracer(self.plan.tracing, role=f"api-server {os.getpid()}")
-            request_tracer = RequestTracer(tracer)
+            settings = self.plan.tracing
+            request_tracer = RequestTracer(tracer, settings.sample_ratio, settings.follow_parent)
             for route in self.inference_routes:
                 route.tracer = request_tracer
         for pool in self.pools.values():

@@ -217,13 +217,15 @@ class InferenceRoute(InferencePipeline):
             traced.finish(status)
 
     def _start_trace(self, scope: dict, request_id: str) -> RequestTrace | None:
-        attributes = {
-            "http.request.method": scope["method"],
-            "url.path": scope["path"],
-            "hookserve.request_id": request_id,
-            "hookserve.model": self.settings.model,
-            "hookserve.protocol": self.protocol,
-        }
+        def attributes() -> dict[str, object]:  # built only for a sampled request
+            return {
+                "http.request.method": scope["method"],
+                "url.path": scope["path"],
+                "hookserve.request_id": request_id,
+                "hookserve.model": self.settings.model,
+                "hookserve.protocol": self.protocol,
+            }
+
         return self.tracer.start_http(scope, attributes)
 
     async def _answer(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Tracer, TracerProvider
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, ParentBasedTraceIdRatio, Sampler
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler
 
 from service.tracing.export import CountingBatchProcessor
 from service.tracing.settings import TracingSettings
@@ -12,12 +12,10 @@ from service.tracing.settings import TracingSettings
 INSTRUMENTATION = "hookserve"
 
 
-def _sampler(settings: TracingSettings, follow_only: bool) -> Sampler | None:
+def _sampler(follow_only: bool) -> Sampler:
     if follow_only:  # workers never start a trace: they continue the API server's sampled ones
         return ParentBased(root=ALWAYS_OFF)
-    if settings.sample_ratio is not None:
-        return ParentBasedTraceIdRatio(settings.sample_ratio)
-    return None  # the SDK reads OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG
+    return ALWAYS_ON  # API servers decide before starting a span (RequestTracer.sampled)
 
 
 def start_tracer(
@@ -27,7 +25,7 @@ def start_tracer(
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     resource = Resource.create({"service.name": settings.service_name, "hookserve.process": role})
-    provider = TracerProvider(resource=resource, sampler=_sampler(settings, follow_only))
+    provider = TracerProvider(resource=resource, sampler=_sampler(follow_only))
     exporter = OTLPSpanExporter(endpoint=settings.endpoint, timeout=settings.export_timeout_s)
     provider.add_span_processor(
         CountingBatchProcessor(exporter, settings.max_queued_spans, settings.export_interval_s)

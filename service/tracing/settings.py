@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -45,7 +46,8 @@ class TracingSettings:
     """Resolved settings, picklable into the spawned workers."""
 
     endpoint: str | None  # None: the exporter reads the OTEL_* variables itself
-    sample_ratio: float | None  # None: the SDK reads OTEL_TRACES_SAMPLER(_ARG)
+    sample_ratio: float  # share of requests without a sampled parent that are traced
+    follow_parent: bool  # an incoming traceparent's sampled flag decides (the parentbased_* samplers)
     service_name: str
     max_queued_spans: int
     export_interval_s: float
@@ -62,11 +64,32 @@ def resolve(config: TracingConfig, environ: dict[str, str] | None = None) -> Tra
         enabled = not disabled and not no_exporter and any(env.get(var) for var in _ENDPOINT_VARS)
     if not enabled:
         return None
+    ratio, follow_parent = _sampling(config, env)
     return TracingSettings(
         endpoint=config.endpoint,
-        sample_ratio=config.sample_ratio,
+        sample_ratio=ratio,
+        follow_parent=follow_parent,
         service_name=env.get("OTEL_SERVICE_NAME") or DEFAULT_SERVICE_NAME,
         max_queued_spans=config.max_queued_spans,
         export_interval_s=config.export_interval_s,
         export_timeout_s=config.export_timeout_s,
     )
+
+
+def _sampling(config: TracingConfig, env: Mapping[str, str]) -> tuple[float, bool]:
+    """``(ratio, follow_parent)`` from ``sample_ratio``, else ``OTEL_TRACES_SAMPLER``/``_ARG`` as the
+    OpenTelemetry specification defines them (default ``parentbased_always_on``)."""
+    if config.sample_ratio is not None:
+        return config.sample_ratio, True
+    name = env.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
+    follow_parent = name.startswith("parentbased_")
+    kind = name.removeprefix("parentbased_")
+    if kind == "always_off":
+        return 0.0, follow_parent
+    if kind == "traceidratio":
+        try:
+            ratio = float(env.get("OTEL_TRACES_SAMPLER_ARG", "1.0"))
+        except ValueError:
+            ratio = 1.0
+        return min(max(ratio, 0.0), 1.0), follow_parent
+    return 1.0, follow_parent  # always_on, and any name the SDK would not know either
