@@ -3,9 +3,10 @@
 ``python -m benchmarks.tracing_cost [--model tiny] [--concurrency 32] [--duration 8] [--repeats 3]``
 
 Three hookserve servers (1 API server, 1 worker, monitoring on) serve the same model, one per mode; the
-traced ones export OTLP/HTTP to a receiver in its own process that decodes every request, as a collector
-would. Windows rotate through the modes (off, 1 %, 100 %, off, ...) so each sees the same machine; the
-table shows medians and each mode's ratio to "off". Run it on a quiet machine.
+traced ones export OTLP/HTTP to a sink in its own process that answers without decoding (a collector
+runs elsewhere; decoding here would take the 2 cores from the servers measured). Windows rotate
+through the modes (off, 1 %, 100 %, off, ...) so each sees the same machine; the table shows medians
+and each mode's ratio to "off". Run it on a quiet machine.
 """
 
 from __future__ import annotations

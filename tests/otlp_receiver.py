@@ -32,7 +32,8 @@ class OtlpReceiver:
 
     def __init__(self, port: int = 0, keep: bool = True) -> None:
         self.spans: list[ReceivedSpan] = []
-        self.received = 0  # spans decoded, kept or not
+        self.received = 0  # spans decoded
+        self.received_bytes = 0  # what a sink (keep=False) took without decoding
         self.keep = keep
         self._lock = threading.Lock()
         receiver = self
@@ -42,7 +43,10 @@ class OtlpReceiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
-                receiver._add(ExportTraceServiceRequest.FromString(body))
+                if receiver.keep:  # a sink (keep=False) answers without decoding: a collector elsewhere
+                    receiver._add(ExportTraceServiceRequest.FromString(body))
+                else:
+                    receiver.received_bytes += len(body)
                 reply = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
