@@ -30,7 +30,7 @@ PLUGINS = REPO_ROOT / "benchmarks" / "peers" / "servers"
 MODES = {"off": None, "1%": 0.01, "100%": 1.0}
 RECEIVER = """
 import sys, time
-from tests.otlp_receiver import OtlpReceiver
+from benchmarks.otlp_receiver import OtlpReceiver
 with OtlpReceiver(port=int(sys.argv[1]), keep=False) as receiver:
     while True:
         time.sleep(60)

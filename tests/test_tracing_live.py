@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import requests
 
+from benchmarks.otlp_receiver import OtlpReceiver, ReceivedSpan
 from benchmarks.servers import ServerProcess
-from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 
 MODEL = "digits-cnn"
 PHASES = {"decode", "admission", "queue", "forward", "answer"}

@@ -1,5 +1,6 @@
-"""A real OTLP/HTTP trace receiver for tests: decodes ``ExportTraceServiceRequest`` protobufs (what the
-OpenTelemetry Collector would receive) on 127.0.0.1 and keeps every span it got."""
+"""A real OTLP/HTTP trace receiver for the tests and the tracing benchmark: decodes
+``ExportTraceServiceRequest`` protobufs (what the OpenTelemetry Collector would receive) on 127.0.0.1
+and keeps every span it got (a sink, ``keep=False``, answers without decoding)."""
 
 from __future__ import annotations
 
