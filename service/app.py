@@ -1,4 +1,5 @@
-"""Assemble the server: one worker API per model, the API servers' router and routes, the supervisor.
+"""Assemble the server: shared slots, the worker pool and model manager, the API servers' router and
+routes, the supervisor.
 
 Built in the main process before anything forks; the API servers inherit it.
 """
@@ -8,26 +9,28 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from service.config import HookserveConfig
+from service.config import HookserveConfig, ModelServeConfig
 from service.grpc.endpoint import GrpcEndpoint, check_port_free
-from service.http.admission import REASONS, AdmissionGate, DrainSwitch
+from service.http.admission import REASONS, DrainSwitch
 from service.http.errors import install_error_handlers
 from service.http.front import FrontRouter, ServingPlan
 from service.http.inference import RouteSettings
 from service.http.middleware import BodySizeLimitMiddleware
 from service.http.openapi import document_predict_routes
 from service.http.repository_routes import RepositorySettings
+from service.http.route_table import ServerSettings, route_settings
 from service.http.routes import ServedModels, add_routes
 from service.litserve_compat import CompatLitServer
-from service.model_loading import describe_model
-from service.monitoring.metrics import REJECTED, WORKERS_READY
-from service.repository import ModelRepository, catalog
-from service.scheduling.board import CostBoard
+from service.monitoring.metrics import MODEL_LOAD_FAILURES, REJECTED, WORKERS_READY
+from service.pool.control import ControlServer
+from service.pool.manager import ModelManager
+from service.pool.shared import SharedSlots
+from service.pool.workers import WorkerPool
+from service.repository import ModelPlan, ModelRepository
 from service.supervisor import Supervisor
 from service.tracing.settings import resolve as resolve_tracing
 from service.worker.runtime import check_device_request
 from service.worker.worker import ModelWorker
-from service.worker_states import WorkerStates
 
 logger = logging.getLogger(__name__)
 
@@ -39,118 +42,115 @@ class Server:
     litserver: CompatLitServer
     plan: ServingPlan
     supervisor: Supervisor
+    manager: ModelManager
 
 
-def build_server(config: HookserveConfig, repository: ModelRepository | None = None) -> Server:
+def build_server(
+    config: HookserveConfig, plans: list[ModelPlan], repository: ModelRepository | None = None
+) -> Server:
     """Everything validated: a bad model, checkpoint or device fails here, before any process starts.
 
-    ``config.models`` are the models served from start (``repository.resolve_models`` adds the
-    repository's); ``repository`` is what ``/v2/repository/index`` lists besides them.
+    ``plans`` are the models served from start (``repository.startup_plans``); ``repository`` is where
+    later loads read from.
     """
-    api_key = config.server.auth.api_key()
-    states = WorkerStates({m.name: m.workers for m in config.models})
-    tracing = resolve_tracing(config.server.tracing)
-    costs = CostBoard({m.name: m.workers for m in config.models})  # learned by workers, read at the door
-    workers, routes, gates, descriptions = [], [], {}, {}
-    for model_cfg in config.models:
-        check_device_request(model_cfg.device)
-        description = describe_model(model_cfg)
-        descriptions[model_cfg.name] = description
-        routes.append(
-            RouteSettings(
-                model=model_cfg.name,
-                version=model_cfg.version,
-                input_spec=description.input_spec,
-                output_spec=description.output_spec,
-                max_instances=model_cfg.max_instances_per_request,
-                request_timeout_s=config.server.request_timeout_s,
-                max_body_bytes=config.server.max_payload_bytes,
-                api_key=api_key.encode() if api_key else None,
-                priority_levels=model_cfg.priority_levels,
-                default_priority=model_cfg.default_priority or model_cfg.priority_levels,
-            )
-        )
-        target_ms = model_cfg.latency_target_ms
-        gates[model_cfg.name] = AdmissionGate(
-            model_cfg.max_queued_requests,
-            model_cfg.name,
-            latency_target_s=None if target_ms is None else target_ms / 1000.0,
-            costs=costs.costs(model_cfg.name),
-            max_batch_size=model_cfg.max_batch_size,
-            priority_levels=model_cfg.priority_levels,
-        )
-        workers.append(ModelWorker(model_cfg, states, costs, tracing))
+    server_cfg = config.server
+    api_key = server_cfg.auth.api_key()
+    shared = SharedSlots(server_cfg.max_units)
+    tracing = resolve_tracing(server_cfg.tracing)
+    for plan in plans:
+        for model_cfg in plan.versions.values():
+            check_device_request(model_cfg.device)
         for reason in REASONS:  # exported at 0, so increase() sees the first one
-            REJECTED.labels(model_cfg.name, reason)
-        WORKERS_READY.labels(model_cfg.name).set(0)  # the main process's 0 keeps the series when none is
+            REJECTED.labels(plan.name, reason)
+        WORKERS_READY.labels(plan.name).set(0)  # the main process's 0 keeps the series when none is
+        if plan.in_repository:
+            MODEL_LOAD_FAILURES.labels(plan.name)
 
+    def make_worker(model_cfg: ModelServeConfig, unit: int) -> ModelWorker:
+        return ModelWorker(model_cfg, shared.states, shared.costs, tracing, unit=unit)
+
+    pool = WorkerPool(shared.states)
+    manager = ModelManager(server_cfg, repository, shared, pool, make_worker)
     grpc = None
-    if config.server.grpc_port is not None:
-        grpc = GrpcEndpoint(config.server.host, config.server.grpc_port)
+    if server_cfg.grpc_port is not None:
+        grpc = GrpcEndpoint(server_cfg.host, server_cfg.grpc_port)
         check_port_free(grpc)  # before the API servers bind it with SO_REUSEPORT
-    admin_key = config.server.auth.admin_key()
-    repository_settings = RepositorySettings(
-        catalog=catalog(config, repository),
-        model_control=config.server.model_control,
-        admin_key=admin_key.encode() if admin_key else None,
+    admin_key = server_cfg.auth.admin_key()
+    server_settings = ServerSettings(
+        request_timeout_s=server_cfg.request_timeout_s,
+        max_body_bytes=server_cfg.max_payload_bytes,
         api_key=api_key.encode() if api_key else None,
-        max_body_bytes=config.server.max_payload_bytes,
     )
     plan = ServingPlan(
-        routes=routes,
-        gates=gates,
+        shared=shared,
+        server=server_settings,
         drain=DrainSwitch(),
-        states=states,
-        repository=repository_settings,
+        repository=RepositorySettings(
+            model_control=server_cfg.model_control,
+            admin_key=admin_key.encode() if admin_key else None,
+            api_key=server_settings.api_key,
+            max_body_bytes=server_cfg.max_payload_bytes,
+        ),
         tracing=tracing,
         grpc=grpc,
     )
     litserver = CompatLitServer(
-        [(worker, worker.config.route) for worker in workers],
-        accelerator="cpu",  # each ModelWorker places itself on its configured device
-        devices=1,
-        workers_per_device={m.route: m.workers for m in config.models},
+        launch_workers=lambda processes: _start_models(manager, pool, processes),
+        on_serving=lambda: _start_supervising(litserver, supervisor, manager),
         timeout=False,  # deadlines are hookserve's (server.request_timeout_s)
         max_payload_size=None,  # the router answers 413 itself
-        middlewares=[(BodySizeLimitMiddleware, {"max_bytes": config.server.max_payload_bytes})],
-        on_serving=lambda: _start_supervising(litserver, supervisor, workers),
+        middlewares=[(BodySizeLimitMiddleware, {"max_bytes": server_cfg.max_payload_bytes})],
     )
     litserver.serve_first(lambda fastapi_app: FrontRouter(fastapi_app, plan))
     supervisor = Supervisor(
-        states,
-        config.server.worker_restarts,
-        relaunch_worker=litserver.relaunch_worker,
-        api_server_policy=config.server.api_server_restarts,
+        shared.states,
+        server_cfg.worker_restarts,
+        relaunch_worker=pool.relaunch,
+        api_server_policy=server_cfg.api_server_restarts,
         relaunch_api_server=litserver.relaunch_api_server,
         on_fatal=lambda reason: _stop_for_restart(litserver, plan),
         draining=lambda: plan.drain.draining,
     )
-    add_routes(litserver.app, ServedModels(config, descriptions, states), config, gates)
-    document_predict_routes(litserver.app, routes)
+    pool.on_ready = lambda served, worker, process: supervisor.watch_worker(
+        served.model_name, served.unit, worker, served, process
+    )
+    pool.on_stopping = supervisor.unwatch
+    manager.api_server_pids = lambda: supervisor.pids("API server").values()
+    manager.prepare(plans)
+    add_routes(litserver.app, ServedModels(server_cfg, shared), server_cfg)
+    document_predict_routes(litserver.app, _default_routes(manager, server_settings))
     install_error_handlers(litserver.app)
-    return Server(litserver, plan, supervisor)
+    return Server(litserver, plan, supervisor, manager)
 
 
-def _start_supervising(
-    litserver: CompatLitServer, supervisor: Supervisor, workers: list[ModelWorker]
-) -> None:
-    """Map each worker process LitServe started to its model and worker id, then watch them all."""
-    by_pid = {}
-    for served in workers:
-        for worker in supervisor.states.workers(served.model_name):
-            by_pid[supervisor.states.pid(served.model_name, worker)] = (served, worker)
-    for process in litserver.worker_processes():
-        served, worker = by_pid[process.pid]
-        supervisor.watch_worker(served.model_name, worker, served, process)
+def _default_routes(manager: ModelManager, server: ServerSettings) -> list[RouteSettings]:
+    """The start-up models' default versions, for /openapi.json (models loaded later are not in it)."""
+    return [
+        route_settings(model.versions[model.default_version], server)
+        for model in manager.table.models.values()
+    ]
+
+
+def _start_models(manager: ModelManager, pool: WorkerPool, processes: list) -> None:
+    """LitServe's moment to start workers: the manager starts every start-up version and waits for
+    them; the pool keeps its processes in ``processes`` (LitServe's list, which its shutdown stops)."""
+    pool.processes = processes
+    manager.launch()
+
+
+def _start_supervising(litserver: CompatLitServer, supervisor: Supervisor, manager: ModelManager) -> None:
+    """Watch the API servers LitServe forked (workers are watched since they became ready), then take
+    control calls (loads and unloads)."""
     for index, process in litserver.api_server_processes().items():
         supervisor.watch_api_server(index, process)
     supervisor.start()
+    ControlServer(manager).start()
     api_pids = ", ".join(str(pid) for pid in supervisor.pids("API server").values())
-    logger.info("supervising %d inference worker(s) and API servers (pids %s)", len(by_pid), api_pids)
+    workers = len(supervisor.pids()) - len(supervisor.pids("API server"))
+    logger.info("supervising %d inference worker(s) and API servers (pids %s)", workers, api_pids)
 
 
 def _stop_for_restart(litserver: CompatLitServer, plan: ServingPlan) -> None:
     """API servers cannot be kept alive: refuse new requests and end run(); the command exits non-zero."""
     plan.drain.start()
     litserver.request_stop()
-

@@ -35,12 +35,12 @@ def _serve(args: argparse.Namespace) -> int:
 def _run_server(args: argparse.Namespace) -> int:
     from service.config import load_config
     from service.logs import configure_logging
-    from service.repository import resolve_models
+    from service.repository import startup_plans
 
     try:
         config = load_config(_config_path(args), server_overrides=_server_overrides(args))
         configure_logging(config.server.log_level)  # before the repository scan, which logs what it skips
-        config, repository = resolve_models(config)
+        plans, repository = startup_plans(config)
     except (ValueError, OSError) as exc:
         print(f"invalid config {_config_path(args) or 'defaults'}:\n{exc}", file=sys.stderr)
         return 2
@@ -59,16 +59,16 @@ def _run_server(args: argparse.Namespace) -> int:
         from service.lifecycle import GracefulShutdown
         from service.orphans import forked_children_die_with_parent
 
-        server = build_server(config, repository)
+        server = build_server(config, plans, repository)
         forked_children_die_with_parent()
         shutdown = GracefulShutdown(
             server.plan.drain,
-            server.plan.gates.values(),
+            server.plan.shared.gates,
             server_cfg.shutdown_grace_s,
             stop=lambda: _stop(server),
         )
         shutdown.install()
-        names = ", ".join(m.name for m in config.models)
+        names = ", ".join(f"{p.name} (versions {', '.join(p.versions)})" for p in plans) or "no model yet"
         logger.info("serving %s on http://%s:%d (metrics at /metrics, docs at /docs)", names, host, port)
         if grpc_port is not None:
             logger.info("serving Open Inference Protocol V2 over gRPC on %s:%d", host, grpc_port)
@@ -133,14 +133,17 @@ def _models(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     from service.config import load_config
-    from service.repository import resolve_models
+    from service.repository import startup_plans
 
     try:
-        config, _ = resolve_models(load_config(_config_path(args), server_overrides=_server_overrides(args)))
+        config = load_config(_config_path(args), server_overrides=_server_overrides(args))
+        plans, _ = startup_plans(config)
     except (ValueError, OSError) as exc:
         print(f"invalid config {_config_path(args) or 'defaults'}:\n{exc}", file=sys.stderr)
         return 2
-    print(json.dumps(config.model_dump(mode="json"), indent=2))  # with the repository's models
+    document = config.model_dump(mode="json")  # with every start-up version of the repository's models
+    document["models"] = [c.model_dump(mode="json") for p in plans for c in p.versions.values()]
+    print(json.dumps(document, indent=2))
     return 0
 
 

@@ -99,7 +99,7 @@ class ServerConfig(_Strict):
     worker_restarts: RestartPolicy = RestartPolicy()
     tracing: TracingConfig = TracingConfig()
     model_repository: Path | None = Field(
-        default=None, description="A model repository folder (docs/operate.md), read at start-up."
+        default=None, description="A model repository folder (docs/operate.md), read at start-up and loads."
     )
     model_control: Literal["none", "explicit"] = Field(
         default="none",
@@ -109,6 +109,16 @@ class ServerConfig(_Strict):
         default_factory=list,
         description="With model_control explicit: the models loaded at start; ['*'] = all.",
     )
+    max_units: int = Field(
+        default=32,
+        ge=1,
+        le=256,
+        description="Model versions that can be served at once, counting a reload's new and old versions "
+        "while traffic moves (shared memory is sized for them at start-up).",
+    )
+    model_load_timeout_s: float = Field(
+        default=600.0, gt=0, description="A version not loaded and warmed up within this fails its load."
+    )
 
     @model_validator(mode="after")
     def _model_control_fits(self) -> ServerConfig:
@@ -117,6 +127,7 @@ class ServerConfig(_Strict):
         if self.load_models and self.model_control != "explicit":
             raise ValueError("load_models is used only with model_control explicit (with none, all load)")
         return self
+
     api_server_restarts: RestartPolicy = RestartPolicy()
 
     @model_validator(mode="after")

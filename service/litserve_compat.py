@@ -1,24 +1,29 @@
 """The one door to LitServe (pinned: 0.2.19). Every use of something outside its documented API is here.
 
-hookserve uses LitServe for what it does well: spawning inference workers (``LitAPI`` + ``LitLoop``),
-forking uvicorn API servers from one FastAPI app, and its shutdown sequence. It does not use
-LitServe's request path: predict routes are served by :mod:`service.http.front`, and requests reach
-workers over :mod:`service.messages` frames rather than LitServe's queues. Each touch point below has
-a test in ``tests/test_litserve_compat.py`` that fails loudly if an upgrade moves it:
+hookserve uses LitServe for what it does well: forking uvicorn API servers from one FastAPI app over
+one listening socket, its start-up order (workers, then API servers) and its shutdown sequence. It does
+not use LitServe's request path: predict routes are served by :mod:`service.http.front`, and requests
+reach workers over :mod:`service.messages` frames rather than LitServe's queues. Inference workers are
+spawned by hookserve's own pool (:mod:`service.pool.workers`), because models are loaded and unloaded
+while serving, which LitServe's fixed ``LitAPI`` list cannot express; LitServe is given one placeholder
+API and asks hookserve to start the workers at its usual moment. Each touch point below has a test in
+``tests/test_litserve_compat.py`` that fails loudly if an upgrade moves it:
 
 1. ``LitServer._start_worker_monitoring`` is replaced: LitServe's monitor shuts the whole server down
    when one worker dies; :mod:`service.supervisor` restarts it instead.
-2. ``LitServer.verify_worker_status`` is replaced: start-up waits for every worker of every model
-   (LitServe waits for any one).
-3. ``LitServer.launch_single_inference_worker`` and ``LitServer.inference_workers`` let the
-   supervisor start a replacement worker that LitServe's shutdown will also stop.
+2. ``LitServer.verify_worker_status`` is replaced by nothing: hookserve's pool has waited for every
+   worker of every model already (LitServe waits for any one).
+3. ``LitServer.launch_inference_worker(lit_api)`` is called by ``run()`` once per ``LitAPI`` (here: the
+   placeholder) after ``run()`` set ``self.inference_workers = []``; it is replaced by hookserve's
+   start of every start-up model, whose processes go into that list (and later loads' too), which
+   LitServe's shutdown stops.
 4. ``LitServer._shutdown_event`` ends ``run()`` (our SIGTERM drain sets it). It lives in LitServe's
    queue manager process: when a stop finds that process gone (every process of the group got SIGTERM),
    the wait on it in ``run()`` raises one of :data:`MANAGER_GONE_ERRORS`, and only those.
 5. LitServe appends a ``GZipMiddleware`` to every app; it is removed (prediction bodies are small, and
    gzip costs CPU on the hot path).
 6. ``RoutelessSpec`` is a ``LitSpec`` without endpoints, so LitServe registers no route of its own for
-   a model's ``api_path``; the ``LITSERVE_WORKER_ID`` variable names the worker inside its process.
+   the placeholder API.
 7. LitServe builds the FastAPI app that uvicorn runs (``LitServer.app``, copied per API server). Its
    class is swapped for a subclass that hands each request to hookserve's router *before* FastAPI's
    own stack (telemetry, error and body-limit middleware, routing): the predict route costs only
@@ -30,13 +35,8 @@ a test in ``tests/test_litserve_compat.py`` that fails loudly if an upgrade move
    hookserve's API servers do not use). ``run()`` hands the same ``uvicorn_workers`` dict to
    ``_start_worker_monitoring`` and to its shutdown: a replacement put in that dict is stopped by
    LitServe's shutdown like the original.
-9. LitServe's worker process calls ``lit_api.setup(device)`` and then the API's loop as
-   ``loop(lit_api, <its private queues and status objects>...)``. :class:`_WorkerLoop` takes only
-   ``lit_api`` (whatever else is passed), so hookserve's worker (:class:`ServedWorker`: ``setup`` and
-   ``serve``) is shaped by nothing of LitServe. LitServe's own queues are never read.
-
-The rest of hookserve sees a :class:`CompatLitServer` that takes :class:`ServedWorker` objects and knows
-nothing of ``LitAPI``, ``LitLoop`` or ``LitSpec``.
+The rest of hookserve sees a :class:`CompatLitServer` that takes a function to start the workers and
+knows nothing of ``LitAPI``, ``LitLoop`` or ``LitSpec``.
 """
 
 from __future__ import annotations
@@ -44,60 +44,31 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
-import os
-import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import litserve as ls
 from fastapi import FastAPI
 from litserve import LitAPI
-from litserve.loops.base import LitLoop
 from litserve.specs.base import LitSpec
-from litserve.utils import WorkerSetupStatus
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["MANAGER_GONE_ERRORS", "CompatLitServer", "ServedWorker"]
+__all__ = ["MANAGER_GONE_ERRORS", "CompatLitServer"]
 logger = logging.getLogger(__name__)
-WORKER_ID_ENV = "LITSERVE_WORKER_ID"
 # Touch point 4: what a call on the queue manager's proxies raises once the manager process has died.
 MANAGER_GONE_ERRORS: tuple[type[Exception], ...] = (EOFError, ConnectionError)
+PLACEHOLDER_PATH = "/_hookserve_workers"  # the placeholder API's path: never routed (RoutelessSpec)
 
 
-class ServedWorker(Protocol):
-    """What hookserve hands LitServe to run in each inference-worker process (pickled into it)."""
+class _Placeholder(LitAPI):
+    """The one ``LitAPI`` LitServe is given: its workers are hookserve's (touch point 3)."""
 
-    model_name: str
-
-    def setup(self, worker_id: int) -> None:
-        """Load and warm up; raising marks the worker failed."""
-
-    def serve(self) -> None:
-        """Serve requests until the process is stopped."""
-
-
-def _worker_id() -> int:
-    """This inference worker's index among its model's workers (LitServe sets it before ``setup``)."""
-    return int(os.environ.get(WORKER_ID_ENV, "0"))
-
-
-class _WorkerLoop(LitLoop):
-    """Touch point 9: LitServe's entry into the worker once setup is done; only ``lit_api`` is used."""
-
-    def __call__(self, lit_api: _LitWorker, *_litserve_internals: Any, **_more: Any) -> None:
-        lit_api.worker.serve()
-
-
-class _LitWorker(LitAPI):
-    """A ``LitAPI`` that runs a :class:`ServedWorker`; LitServe's batching settings are unused."""
-
-    def __init__(self, worker: ServedWorker, api_path: str) -> None:
-        super().__init__(spec=RoutelessSpec(api_path), loop=_WorkerLoop())
-        self.worker = worker
+    def __init__(self) -> None:
+        super().__init__(spec=RoutelessSpec(PLACEHOLDER_PATH))
 
     def setup(self, device: str) -> None:
-        self.worker.setup(_worker_id())  # each worker places itself on its configured device
+        raise RuntimeError("hookserve starts its own workers; LitServe never starts this API's")
 
     def predict(self, x: Any, **kwargs: Any) -> Any:
         raise RuntimeError("hookserve's workers are served by their own loop, never by LitServe's")
@@ -132,18 +103,18 @@ class _FrontedFastAPI(FastAPI):
 class CompatLitServer(ls.LitServer):
     """A LitServer whose worker monitoring, start-up check and stop are hookserve's."""
 
-    startup_timeout_s = 600.0
 
     def __init__(
         self,
-        workers: list[tuple[ServedWorker, str]],
         *,
+        launch_workers: Callable[[list], None] = lambda processes: None,
         on_serving: Callable[[], None] | None = None,
         **kwargs: Any,
     ) -> None:
-        """``workers``: each served worker with the route name that groups its processes."""
-        self._lit_apis = {id(worker): _LitWorker(worker, path) for worker, path in workers}
-        super().__init__(list(self._lit_apis.values()), **kwargs)
+        """``launch_workers(processes)`` starts every start-up worker, waits until they are ready (or
+        raises), and keeps their processes in ``processes``, the list LitServe's shutdown stops."""
+        super().__init__(_Placeholder(), accelerator="cpu", devices=1, workers_per_device=1, **kwargs)
+        self._launch_workers = launch_workers
         self._on_serving = on_serving
         self._api_servers: dict[int, Any] = {}
         self._api_server_launch: tuple[tuple, dict] | None = None
@@ -163,31 +134,12 @@ class CompatLitServer(ls.LitServer):
 
     # -- touch point 2
     def verify_worker_status(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout_s
-        while True:
-            states = dict(self.workers_setup_status)
-            failed = sorted(k for k, v in states.items() if v == WorkerSetupStatus.ERROR)
-            if failed:
-                raise RuntimeError(
-                    f"worker(s) failed to start: {', '.join(failed)} (the cause is logged above)"
-                )
-            if states and all(v == WorkerSetupStatus.READY for v in states.values()):
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"workers not ready after {self.startup_timeout_s:.0f} s: {states}")
-            time.sleep(0.05)
+        """Nothing left to wait for: :meth:`launch_inference_worker` returned once all were ready."""
 
     # -- touch point 3
-    def worker_processes(self) -> list[mp.Process]:
-        """The inference worker processes LitServe started (and will stop at shutdown)."""
-        return list(getattr(self, "inference_workers", []))
-
-    def relaunch_worker(self, served: ServedWorker, worker: int, dead: mp.Process) -> mp.Process:
-        """Start a new process for worker ``worker`` of ``served`` in place of ``dead``."""
-        process = self.launch_single_inference_worker(self._lit_apis[id(served)], worker)
-        workers = self.inference_workers
-        workers[workers.index(dead)] = process
-        return process
+    def launch_inference_worker(self, lit_api: LitAPI) -> list:
+        self._launch_workers(self.inference_workers)
+        return []  # already in self.inference_workers
 
     # -- touch point 4
     def request_stop(self) -> bool:

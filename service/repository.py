@@ -1,8 +1,9 @@
-"""The model repository: a folder of models and their numbered versions, read once at start-up.
+"""The model repository: a folder of models and their numbered versions, read at start-up and at each load.
 
 The layout is fixed, because users and tools write it::
 
-    REPO/<model>/model.yaml                     # the keys of a `models:` entry, + `versions`; `name` optional
+    REPO/<model>/model.yaml                     # a `models:` entry's keys, + `versions`, `default_version`,
+                                                # `traffic`; `name` optional
     REPO/<model>/<version>/                     # a version: a folder named by a positive integer
     REPO/<model>/<version>/model.yaml           # optional: keys overriding the model's for this version
     REPO/<model>/<version>/model.safetensors    # optional: this version's weights
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import PositiveInt, TypeAdapter, ValidationError
+from pydantic import NonNegativeInt, PositiveInt, TypeAdapter, ValidationError
 
 from service.config import HookserveConfig, ModelServeConfig, ServerConfig
 
@@ -32,10 +33,13 @@ MODEL_FILE = "model.yaml"
 WEIGHTS_FILE = "model.safetensors"
 _VERSION_FOLDER = re.compile(r"^[1-9][0-9]*$")  # no leading zeros: "01" and "1" would be one version
 _MODEL_KEYS = frozenset(ModelServeConfig.model_fields)  # the keys of a models: entry
-REPOSITORY_KEYS = frozenset({"versions"})  # keys of a model's model.yaml that are not a models: entry's
+# keys of a model.yaml that are not a models: entry's: which versions serve, how they share traffic
+REPOSITORY_KEYS = frozenset({"versions", "default_version", "traffic"})
 FOLDER_KEYS = frozenset({"name", "version"})  # set by the folder names, not by any model.yaml
 VersionPolicy = Literal["latest", "all"] | list[PositiveInt]
 _POLICY = TypeAdapter(VersionPolicy)
+_VERSION = TypeAdapter(PositiveInt | None)
+_TRAFFIC = TypeAdapter(dict[PositiveInt, NonNegativeInt] | None)
 
 
 class RepositoryError(ValueError):
@@ -43,13 +47,31 @@ class RepositoryError(ValueError):
 
 
 @dataclass(frozen=True)
+class ModelPlan:
+    """A model as it is to be served: each version's config, where unversioned requests go, the split."""
+
+    name: str
+    versions: dict[str, ModelServeConfig]
+    default_version: str
+    traffic: dict[str, int] | None = None  # weights by version (a canary); None: all to default_version
+    in_repository: bool = False
+
+    @classmethod
+    def single(cls, config: ModelServeConfig) -> ModelPlan:
+        """A ``models:`` entry: one version."""
+        return cls(config.name, {config.version: config}, config.version)
+
+
+@dataclass(frozen=True)
 class RepositoryModel:
-    """One model folder: every version folder as a validated config, and which versions to serve."""
+    """One model folder: every version folder as a validated config, which to serve and how."""
 
     name: str
     path: Path
     versions: dict[int, ModelServeConfig]
     policy: VersionPolicy = "latest"
+    default_version: int | None = None
+    traffic: dict[int, int] | None = None
 
     def selected_versions(self) -> list[int]:
         """The versions ``policy`` names, highest last: ``latest``, ``all`` or an explicit list."""
@@ -65,33 +87,29 @@ class RepositoryModel:
             )
         return sorted(set(self.policy))
 
-    def served_version(self) -> int:
-        """The one version served. The only place that limits a model to one version (see below)."""
+    def plan(self) -> ModelPlan:
+        """What to serve: the selected versions; ``default_version`` and ``traffic`` checked against them."""
         selected = self.selected_versions()
-        if self.policy == "all" or len(selected) > 1:
-            raise RepositoryError(
-                f"{self.path / MODEL_FILE}: versions: {self.policy!r} asks for several versions of "
-                f"{self.name!r} at once, which is not supported yet; use `versions: latest` or a list of one"
-            )
-        return selected[0]
-
-    def served_config(self) -> ModelServeConfig:
-        return self.versions[self.served_version()]
+        where = self.path / MODEL_FILE
+        default = self.default_version if self.default_version is not None else selected[-1]
+        if default not in selected:
+            raise RepositoryError(f"{where}: default_version {default} is not served; served: {selected}")
+        traffic = None
+        if self.traffic:
+            unserved = sorted(set(self.traffic) - set(selected))
+            if unserved:
+                raise RepositoryError(f"{where}: traffic names versions {unserved}, not served: {selected}")
+            if sum(self.traffic.values()) <= 0:
+                raise RepositoryError(f"{where}: the traffic weights must not all be 0")
+            traffic = {str(v): w for v, w in self.traffic.items() if w > 0}
+        configs = {str(v): self.versions[v] for v in selected}
+        return ModelPlan(self.name, configs, str(default), traffic, in_repository=True)
 
 
 @dataclass(frozen=True)
 class ModelRepository:
     path: Path
     models: dict[str, RepositoryModel]
-
-
-@dataclass(frozen=True)
-class CatalogEntry:
-    """A model the server knows: served from start (``loaded``) or only present in the repository."""
-
-    name: str
-    version: str
-    loaded: bool
 
 
 def scan_repository(path: str | Path) -> ModelRepository:
@@ -110,12 +128,18 @@ def scan_repository(path: str | Path) -> ModelRepository:
     return ModelRepository(root, models)
 
 
-def read_model(folder: Path) -> RepositoryModel:
-    """One ``REPO/<model>/`` folder: its model.yaml, and every version folder validated against it."""
+def read_model(folder: Path, override: Mapping[str, Any] | None = None) -> RepositoryModel:
+    """One ``REPO/<model>/`` folder: its model.yaml (with ``override``'s keys over it: a load's
+    ``config`` parameter), and every version folder validated against it."""
     model_file = folder / MODEL_FILE
     if not model_file.is_file():
         raise RepositoryError(f"model folder {str(folder)!r} has no {MODEL_FILE}")
     keys = _read_keys(model_file, allowed=_MODEL_KEYS | REPOSITORY_KEYS, forbidden={"version"})
+    if override:
+        keys = _merged(
+            keys,
+            _checked_keys(dict(override), "the load's config", _MODEL_KEYS | REPOSITORY_KEYS, {"version"}),
+        )
     given_name = keys.pop("name", folder.name)
     if given_name != folder.name:
         raise RepositoryError(f"{model_file}: name {given_name!r} differs from its folder {folder.name!r}")
@@ -124,6 +148,14 @@ def read_model(folder: Path) -> RepositoryModel:
     except ValidationError as exc:
         raise RepositoryError(
             f"{model_file}: versions must be latest, all or a list of version numbers: {exc}"
+        ) from exc
+    try:
+        default_version = _VERSION.validate_python(keys.pop("default_version", None))
+        traffic = _TRAFFIC.validate_python(keys.pop("traffic", None))
+    except ValidationError as exc:
+        raise RepositoryError(
+            f"{model_file}: default_version is a version number, traffic maps version numbers to "
+            f"weights (e.g. {{1: 90, 2: 10}}): {exc}"
         ) from exc
     base = _resolve_paths(keys, folder)
     _validated(model_file, {**base, "name": folder.name})  # its own errors name model.yaml
@@ -139,7 +171,9 @@ def read_model(folder: Path) -> RepositoryModel:
         raise RepositoryError(
             f"model folder {str(folder)!r} has no version folder (e.g. {str(folder / '1')!r})"
         )
-    return RepositoryModel(folder.name, folder, versions, policy)
+    model = RepositoryModel(folder.name, folder, versions, policy, default_version, traffic)
+    model.plan()  # its choice of versions, default and split are checked now, loaded at start or not
+    return model
 
 
 def _read_version(folder: Path, name: str, base: dict[str, Any]) -> ModelServeConfig:
@@ -174,10 +208,11 @@ def served_models(server: ServerConfig, repository: ModelRepository) -> list[str
     return sorted(set(server.load_models))
 
 
-def resolve_models(config: HookserveConfig) -> tuple[HookserveConfig, ModelRepository | None]:
-    """``config`` with the repository's start-up models added to ``models:``, and the repository read."""
+def startup_plans(config: HookserveConfig) -> tuple[list[ModelPlan], ModelRepository | None]:
+    """The models served from start (``models:`` entries, then the repository's), and the repository."""
+    plans = [ModelPlan.single(m) for m in config.models]
     if config.server.model_repository is None:
-        return config, None
+        return plans, None
     repository = scan_repository(config.server.model_repository)
     both = sorted({m.name for m in config.models} & set(repository.models))
     if both:
@@ -185,24 +220,8 @@ def resolve_models(config: HookserveConfig) -> tuple[HookserveConfig, ModelRepos
             f"models {both} are both under models: and in the repository {str(repository.path)!r}; "
             "keep each model in one place"
         )
-    for model in repository.models.values():
-        model.served_version()  # every model's version choice is checked now, loaded at start or not
-    loaded = [repository.models[name].served_config() for name in served_models(config.server, repository)]
-    if not config.models and not loaded:
-        raise RepositoryError(
-            "nothing to serve at start: no models: entries and no repository model loads at start "
-            "(with model_control explicit, name some in load_models; live loading is not built yet)"
-        )
-    return HookserveConfig(server=config.server, models=[*config.models, *loaded]), repository
-
-
-def catalog(config: HookserveConfig, repository: ModelRepository | None) -> list[CatalogEntry]:
-    """Every model the server knows, by name: the served ones, and the repository's others."""
-    entries = {m.name: CatalogEntry(m.name, m.version, True) for m in config.models}
-    for name, model in (repository.models if repository else {}).items():
-        if name not in entries:
-            entries[name] = CatalogEntry(name, str(model.served_version()), False)
-    return [entries[name] for name in sorted(entries)]
+    plans += [repository.models[name].plan() for name in served_models(config.server, repository)]
+    return plans, repository
 
 
 # -- reading and merging model.yaml files
@@ -211,6 +230,13 @@ def _read_keys(path: Path, allowed: frozenset[str], forbidden: frozenset[str] | 
         raw = yaml.safe_load(path.read_text()) or {}
     except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
         raise RepositoryError(f"{path}: not readable YAML: {exc}") from exc
+    return _checked_keys(raw, str(path), allowed, forbidden)
+
+
+def _checked_keys(
+    raw: object, where: str, allowed: frozenset[str], forbidden: frozenset[str] | set[str]
+) -> dict:
+    path = where
     if not isinstance(raw, dict):
         raise RepositoryError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
     misplaced = sorted(set(raw) & set(forbidden))

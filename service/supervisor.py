@@ -82,49 +82,59 @@ class Supervisor:
         self.draining = draining
         self.slots: list[Slot] = []
         self.fatal: str | None = None  # why the service must exit non-zero, once it must
+        self._lock = threading.Lock()  # slots change from other threads (live loads and unloads)
         self._stop = threading.Event()
         self._parked = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- what is watched
-    def watch_worker(self, model: str, worker: int, api: Any, process: Any) -> None:
-        """Supervise ``worker`` of ``model``; ``api`` (its served worker) is pickled into each replacement."""
+    def watch_worker(self, model: str, unit: int, worker: int, api: Any, process: Any) -> None:
+        """Supervise ``worker`` of ``unit`` (a version of ``model``); ``api`` is pickled into each
+        replacement. Called from any thread (start-up, a live load)."""
         counter = WORKER_RESTARTS.labels(model)  # exported at 0, so increase() sees the first restart
 
         def mark(state: WorkerState) -> None:
-            self.states.set(model, worker, state)
+            self.states.set(unit, worker, state)
 
-        self.slots.append(
-            Slot(
-                f"{model} worker {worker}",
-                process,
-                relaunch=lambda dead: self.relaunch_worker(api, worker, dead),
-                policy=self.worker_policy,
-                restarts_total=counter,
-                give_up=self._model_stays_down,
-                mark=mark,
-            )
+        version = getattr(getattr(api, "config", None), "version", None)
+        label = f"{model} worker {worker}" if version is None else f"{model} v{version} worker {worker}"
+        slot = Slot(
+            label,
+            process,
+            relaunch=lambda dead: self.relaunch_worker(api, worker, dead),
+            policy=self.worker_policy,
+            restarts_total=counter,
+            give_up=self._model_stays_down,
+            mark=mark,
         )
+        with self._lock:
+            self.slots.append(slot)
+
+    def unwatch(self, processes: list[Any]) -> None:
+        """Stop supervising these processes (they are being stopped on purpose: an unload, a reload)."""
+        with self._lock:
+            self.slots = [s for s in self.slots if s.process is None or s.process not in processes]
 
     def watch_api_server(self, index: int, process: Any) -> None:
         """Supervise API server ``index`` (LitServe's numbering); needs ``relaunch_api_server``."""
         relaunch = self.relaunch_api_server
         if relaunch is None:
             raise ValueError("no way to relaunch an API server was given")
-        self.slots.append(
-            Slot(
-                f"API server {index}",
-                process,
-                relaunch=lambda dead: relaunch(index, dead),
-                policy=self.api_server_policy,
-                restarts_total=API_SERVER_RESTARTS,
-                give_up=self._service_exits,
-            )
+        slot = Slot(
+            f"API server {index}",
+            process,
+            relaunch=lambda dead: relaunch(index, dead),
+            policy=self.api_server_policy,
+            restarts_total=API_SERVER_RESTARTS,
+            give_up=self._service_exits,
         )
+        with self._lock:
+            self.slots.append(slot)
 
     def pids(self, prefix: str = "") -> dict[str, int]:
         """Live process ids by slot label (e.g. ``pids("API server")``), for logs and tests."""
-        live = [s for s in self.slots if s.process is not None and s.label.startswith(prefix)]
+        with self._lock:
+            live = [s for s in self.slots if s.process is not None and s.label.startswith(prefix)]
         return {s.label: s.process.pid for s in live}
 
     # -- the thread
@@ -146,16 +156,21 @@ class Supervisor:
 
     def step(self, timeout: float) -> None:
         """Notice deaths (waiting up to ``timeout``), then start any replacement that is due."""
-        alive = {s.process.sentinel: s for s in self.slots if s.restart_at is None and s.process is not None}
-        for sentinel in wait(list(alive), timeout=timeout) if alive else []:
-            if not self._stop.is_set():
-                self._on_death(alive[sentinel])
+        with self._lock:
+            slots = list(self.slots)
+        alive = {s.process.sentinel: s for s in slots if s.restart_at is None and s.process is not None}
+        dead = wait(list(alive), timeout=timeout) if alive else []
         if not alive:
             self._stop.wait(timeout)
-        now = self.clock()
-        for slot in self.slots:
-            if slot.restart_at is not None and now >= slot.restart_at and not self._stop.is_set():
-                self._restart(slot)
+        with self._lock:  # a slot unwatched meanwhile was stopped on purpose: no restart
+            watched = {id(s) for s in self.slots}
+            for sentinel in dead:
+                if not self._stop.is_set() and id(alive[sentinel]) in watched:
+                    self._on_death(alive[sentinel])
+            now = self.clock()
+            for slot in self.slots:
+                if slot.restart_at is not None and now >= slot.restart_at and not self._stop.is_set():
+                    self._restart(slot)
 
     # -- deaths and restarts
     def _on_death(self, slot: Slot) -> None:
@@ -179,7 +194,10 @@ class Supervisor:
         slot.mark(WorkerState.DOWN)
         logger.error(
             "%s (pid %s) died with exit code %s; restarting it in %.1f s",
-            slot.label, slot.process.pid, exitcode, backoff,
+            slot.label,
+            slot.process.pid,
+            exitcode,
+            backoff,
         )
 
     def _restart(self, slot: Slot) -> None:
@@ -196,7 +214,10 @@ class Supervisor:
         logger.error(
             "%s died (exit code %s) after %d restarts within %.0f s: it stays down until the server is "
             "restarted (server.worker_restarts.max_restarts / window_s)",
-            slot.label, exitcode, len(slot.restarts), slot.policy.window_s,
+            slot.label,
+            exitcode,
+            len(slot.restarts),
+            slot.policy.window_s,
         )
 
     def _service_exits(self, slot: Slot, exitcode: int | None) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import grpc
@@ -20,12 +20,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from service.grpc.endpoint import GrpcEndpoint
 from service.grpc.proto import grpc_predict_v2_pb2_grpc as pb_grpc
-from service.grpc.service import SERVICE_NAME, GrpcModel, InferenceService, repository_index_handler
-from service.http.admission import AdmissionGate, DrainSwitch
-from service.http.inference import InferencePipeline, RouteSettings
-from service.http.worker_client import ModelWorkers
+from service.grpc.service import SERVICE_NAME, InferenceService, repository_index_handler
 
 if TYPE_CHECKING:
+    from service.http.route_table import RouteTable
     from service.tracing.request_spans import RequestTracer
 
 logger = logging.getLogger(__name__)
@@ -38,19 +36,21 @@ class ReadinessHealth(health.aio.HealthServicer):
     """``grpc.health.v1`` reading hookserve's readiness, fresh on every Check."""
 
     def __init__(
-        self, server_ready: Callable[[], bool], model_ready: Callable[[str], bool], models: list[str]
+        self, server_ready: Callable[[], bool], routes: RouteTable, unit_ready: Callable[[int], bool]
     ) -> None:
         super().__init__()
         self.server_ready = server_ready
-        self.model_ready = model_ready
-        self.models = models
+        self.routes = routes
+        self.unit_ready = unit_ready
 
     async def refresh(self) -> None:
         server = SERVING if self.server_ready() else NOT_SERVING
         await self.set("", server)
         await self.set(SERVICE_NAME, server)
-        for model in self.models:
-            await self.set(model, SERVING if self.model_ready(model) else NOT_SERVING)
+        for name, model in list(self.routes.models.items()):  # a model: ready when its default version is
+            routes = self.routes.versions.get((name, model.default_version))
+            ready = routes is not None and self.unit_ready(routes.unit)
+            await self.set(name, SERVING if ready else NOT_SERVING)
 
     async def Check(self, request: health_pb2.HealthCheckRequest, context) -> health_pb2.HealthCheckResponse:
         await self.refresh()
@@ -80,33 +80,27 @@ class GrpcEdge:
 
 async def start_grpc(
     endpoint: GrpcEndpoint,
-    routes: list[RouteSettings],
-    pools: Mapping[str, ModelWorkers],
-    gates: Mapping[str, AdmissionGate],
-    drain: DrainSwitch,
+    routes: RouteTable,
+    unit_ready: Callable[[int], bool],
     server_ready: Callable[[], bool],
-    model_ready: Callable[[str], bool],
     version: str,
+    api_key: bytes | None,
+    max_message: int,
     tracer: RequestTracer | None = None,
 ) -> GrpcEdge:
-    """Serve gRPC on ``endpoint`` from this process's event loop, beside its HTTP routes."""
-    models = {
-        s.model: GrpcModel.build(s, InferencePipeline(s, pools[s.model], gates[s.model], drain))
-        for s in routes
-    }
-    api_key = routes[0].api_key if routes else None
-    max_message = max((s.max_body_bytes for s in routes), default=4 * 1024 * 1024)
+    """Serve gRPC on ``endpoint`` from this process's event loop, beside its HTTP routes (``routes``, the
+    router's, kept current with the serving table)."""
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1),  # every API server binds the port (grpc's default on Linux; said here)
             ("grpc.max_receive_message_length", max_message),  # larger: RESOURCE_EXHAUSTED, like REST's 413
         ]
     )
-    service = InferenceService(models, model_ready, server_ready, version, api_key)
+    service = InferenceService(routes, unit_ready, server_ready, version, api_key)
     service.tracer = tracer
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)
     server.add_generic_rpc_handlers((repository_index_handler(),))
-    readiness = ReadinessHealth(server_ready, model_ready, sorted(models))
+    readiness = ReadinessHealth(server_ready, routes, unit_ready)
     health_pb2_grpc.add_HealthServicer_to_server(readiness, server)
     server.add_insecure_port(endpoint.address)  # raises RuntimeError when it cannot bind
     await server.start()

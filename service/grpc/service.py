@@ -34,6 +34,8 @@ from service.http.v2 import model_metadata
 from service.http.worker_client import WorkerUnavailable
 
 if TYPE_CHECKING:
+    from service.http.route_table import RouteTable
+    from service.pool.table import ServedModel
     from service.tracing.request_spans import RequestTrace, RequestTracer
 
 logger = logging.getLogger(__name__)
@@ -70,17 +72,20 @@ class GrpcModel:
     pipeline: InferencePipeline
     counter: RequestCounter
     metadata: pb.ModelMetadataResponse
+    unit: int
 
     @classmethod
-    def build(cls, settings: RouteSettings, pipeline: InferencePipeline) -> GrpcModel:
-        meta = model_metadata(settings)
+    def build(
+        cls, settings: RouteSettings, pipeline: InferencePipeline, unit: int, model: ServedModel
+    ) -> GrpcModel:
+        meta = model_metadata(settings, model.sorted_versions())
         metadata = pb.ModelMetadataResponse(
             name=meta["name"], versions=meta["versions"], platform=meta["platform"]
         )
         for kind in ("inputs", "outputs"):
             for tensor in meta[kind]:
                 getattr(metadata, kind).add(**tensor)
-        return cls(settings, pipeline, RequestCounter(settings.model, PROTOCOL), metadata)
+        return cls(settings, pipeline, RequestCounter(settings.model, PROTOCOL), metadata, unit)
 
 
 class _Failed(Exception):
@@ -97,18 +102,19 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(
         self,
-        models: dict[str, GrpcModel],
-        model_ready: Callable[[str], bool],
+        routes: RouteTable,
+        unit_ready: Callable[[int], bool],
         server_ready: Callable[[], bool],
         version: str,
         api_key: bytes | None,
     ) -> None:
-        self.models = models
-        self.model_ready = model_ready
+        self.routes = routes  # the API server's, kept current by its router
+        self.unit_ready = unit_ready
         self.server_ready = server_ready
         self.version = version
         self.api_key = api_key
-        self.served = sorted(models)
+        self._models: dict[tuple[int, str], GrpcModel] = {}  # by (unit, version), for the current table
+        self._generation = -1
         self._unknown = RequestCounter(UNKNOWN_MODEL, PROTOCOL)
         self.tracer: RequestTracer | None = None  # set when tracing is on (traceparent in the metadata)
 
@@ -121,7 +127,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
         model = await self._model_or_abort(request.name, request.version, context)
-        return pb.ModelReadyResponse(ready=self.model_ready(model.settings.model))
+        return pb.ModelReadyResponse(ready=self.unit_ready(model.unit))
 
     # -- metadata (needs the key when auth is on, like V1 metadata)
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context) -> pb.ServerMetadataResponse:
@@ -140,7 +146,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         traced = None if self.tracer is None else self._start_trace(request.model_name, context, request_id)
         counter = self._unknown
         try:
-            model = self._model(request.model_name, request.model_version)
+            model = self._model(request.model_name, request.model_version, request_id)
             counter = model.counter
             response = await self._infer(model, request, context, request_id, arrived, traced)
         except _Failed as failure:
@@ -158,6 +164,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         for key in ("traceparent", "tracestate"):
             if value := metadata_value(context, key):
                 carrier[key] = value
+
         def attributes() -> dict[str, object]:  # built only for a sampled request
             return {
                 "rpc.system": "grpc",
@@ -210,14 +217,25 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, NOT_YET)
 
     # -- helpers
-    def _model(self, name: str, version: str) -> GrpcModel:
-        model = self.models.get(name)
+    def _model(self, name: str, version: str, request_id: str = "") -> GrpcModel:
+        """The served version a call names, or the one its model's split picks (by request id)."""
+        table = self.routes
+        if table.generation != self._generation:
+            self._models, self._generation = {}, table.generation
+        model = table.models.get(name)
         if model is None:
-            raise _Failed(404, f"model {name!r} is not served; served: {self.served}")
-        if version and version != model.settings.version:
-            served = model.settings.version
-            raise _Failed(404, f"model {name!r} has no version {version!r}; it serves {served!r}")
-        return model
+            raise _Failed(404, f"model {name!r} is not served; served: {table.served}")
+        if not version:
+            version = model.pick(request_id).version
+        routes = table.versions.get((name, version))
+        if routes is None:
+            served = model.sorted_versions()
+            raise _Failed(404, f"model {name!r} has no version {version!r}; it serves {served}")
+        key = (routes.unit, version)
+        grpc_model = self._models.get(key)
+        if grpc_model is None:
+            grpc_model = self._models[key] = GrpcModel.build(routes.settings, routes.v2, routes.unit, model)
+        return grpc_model
 
     async def _model_or_abort(self, name: str, version: str, context) -> GrpcModel:
         try:

@@ -1,10 +1,14 @@
 """The outermost layer of every API server: hookserve's own routes first, then the FastAPI app.
 
-Inference (V1 predict, every Open Inference Protocol V2 path), ``/health`` and ``/`` are answered here,
-in plain ASGI, without FastAPI's middleware, routing, dependency injection and validation: they are the
-hot path and the probes. Everything else (V1 metadata, ``/metrics``, ``/docs``) falls through to
-FastAPI. Each forked API server builds its own router on its first ASGI call (the lifespan), and
-connects to the workers before it accepts requests.
+Inference (V1 predict, every Open Inference Protocol V2 path), ``/health``, ``/`` and the repository
+routes are answered here, in plain ASGI, without FastAPI's middleware, routing, dependency injection and
+validation: they are the hot path and the probes. Everything else (V1 metadata, ``/metrics``, ``/docs``)
+falls through to FastAPI. Each forked API server builds its own router on its first ASGI call (the
+lifespan), and connects to the workers before it accepts requests.
+
+What is served changes while serving (loads, reloads, unloads): the router follows the main process's
+serving table (:mod:`service.pool.table`), checked with one shared-memory read per request and every
+100 ms, and rebuilds its paths when it moved (:class:`~service.http.route_table.RouteTable`).
 """
 
 from __future__ import annotations
@@ -22,16 +26,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.grpc.endpoint import GrpcEndpoint
 from service.http import v2
-from service.http.admission import AdmissionGate, DrainSwitch
+from service.http.admission import DrainSwitch
 from service.http.asgi import send_response
 from service.http.errors import request_id_of, send_error
-from service.http.inference import InferenceRoute, RequestCounter, RouteSettings
-from service.http.predict import PredictRoute, predict_path
+from service.http.inference import RequestCounter
 from service.http.repository_routes import RepositoryRoutes, RepositorySettings
-from service.http.v2 import Handler, V2InferRoute
-from service.http.worker_client import ModelWorkers, keep_connected
+from service.http.route_table import RouteTable, ServerSettings
+from service.http.v2 import Handler
+from service.http.worker_client import RECONNECT_INTERVAL_S
+from service.pool.shared import SharedSlots
 from service.tracing.settings import TracingSettings
-from service.worker_states import WorkerStates
+from service.worker_states import WorkerState
 
 logger = logging.getLogger(__name__)
 UNKNOWN_MODEL = "unknown"  # the model label of predictions for models that are not served
@@ -48,10 +53,9 @@ def hookserve_version() -> str:
 class ServingPlan:
     """Everything the API servers need, built in the main process before they are forked."""
 
-    routes: list[RouteSettings]
-    gates: dict[str, AdmissionGate]
+    shared: SharedSlots
+    server: ServerSettings
     drain: DrainSwitch
-    states: WorkerStates
     repository: RepositorySettings
     tracing: TracingSettings | None = None
     grpc: GrpcEndpoint | None = None  # where each API server also serves V2 over gRPC; None: no gRPC
@@ -63,32 +67,44 @@ class FrontRouter:
     def __init__(self, app: ASGIApp, plan: ServingPlan) -> None:
         self.app = app
         self.plan = plan
-        self.pools = {s.model: ModelWorkers(s.model, plan.states) for s in plan.routes}
-        self.served = sorted(self.pools)
-
-        def route(kind: type[InferenceRoute], s: RouteSettings) -> InferenceRoute:
-            return kind(s, self.pools[s.model], plan.gates[s.model], plan.drain)
-
-        v2_infer = {s.model: route(V2InferRoute, s) for s in plan.routes}
-        predict = {predict_path(s.model): route(PredictRoute, s) for s in plan.routes}
-        self.inference_routes = [*v2_infer.values(), *predict.values()]
-        self.routes: dict[str, Handler] = {
-            **predict,
-            **v2.routes(plan.routes, v2_infer, plan.states.model_ready, self.ready, hookserve_version()),
-            **RepositoryRoutes(plan.repository, plan.states).table(),  # Triton's /v2/repository/...
+        self.store = plan.shared.store
+        self.states = plan.shared.states
+        self.table = RouteTable(plan.shared, plan.drain, plan.server)
+        self.repository = RepositoryRoutes(plan.repository, self.store, self.states)
+        self.fixed: dict[str, Handler] = {
+            **v2.server_routes(self.ready, hookserve_version()),
+            **self.repository.table(),
             "/health": self.health,
             "/": self.index,
         }
+        self.routes: dict[str, Handler] = {}
+        self.refresh()
         self._unknown = RequestCounter(UNKNOWN_MODEL, "v1")
-        self._connector: asyncio.Task | None = None
+        self._maintainer: asyncio.Task | None = None
         self._grpc: Any = None  # service.grpc.server.GrpcEdge once started
+
+    def refresh(self) -> None:
+        """Route by the newest serving table, and say so to the main process."""
+        table = self.store.current()
+        self.table.update(table)
+        self.routes = {**self.table.paths, **self.fixed}
+        self.store.acknowledge(table.generation)
+
+    @property
+    def served(self) -> list[str]:
+        return self.table.served
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            if self.store.changed:
+                self.refresh()
             path = scope["path"]
             route = self.routes.get(path)
             if route is not None:
                 await route(scope, receive, send)
+                return
+            if self.repository.handles(path):
+                await self.repository.control(scope, receive, send)
                 return
             if path.startswith("/v1/models/") and path.endswith(":predict"):
                 await self.unknown_model(scope, send)
@@ -101,18 +117,26 @@ class FrontRouter:
             return
         await self.app(scope, receive, send)
 
+    def unit_states(self) -> dict[str, WorkerState]:
+        """Each served model's state: ready only when every one of its versions is."""
+        table = self.store.current()
+        return {
+            name: max((self.states.unit_state(v.unit) for v in model.versions.values()), key=_severity)
+            for name, model in table.models.items()
+        }
+
     def ready(self) -> bool:
         """Every model has a live, warmed-up worker and no drain has started."""
-        return not self.plan.drain.draining and self.plan.states.all_ready()
+        states = self.unit_states()
+        return not self.plan.drain.draining and all(s == WorkerState.READY for s in states.values())
 
     # -- probes and index
     async def health(self, scope: Scope, receive: Receive, send: Send) -> None:
         """200 only when every model has a live, warmed-up worker and no drain has started."""
-        states = self.plan.states
-        models = {name: states.model_state(name).name.lower() for name in self.pools}
+        models = {name: state.name.lower() for name, state in self.unit_states().items()}
         if self.plan.drain.draining:
             status, code = "draining", 503
-        elif states.all_ready():
+        elif all(state == "ready" for state in models.values()):
             status, code = "ready", 200
         else:
             status, code = "not ready", 503
@@ -161,26 +185,45 @@ class FrontRouter:
             tracer, _ = start_tracer(self.plan.tracing, role=f"api-server {os.getpid()}")
             settings = self.plan.tracing
             request_tracer = RequestTracer(tracer, settings.sample_ratio, settings.follow_parent)
-            for route in self.inference_routes:
-                route.tracer = request_tracer
-        for pool in self.pools.values():
+            for routes in self.table.versions.values():
+                for route in routes.routes:
+                    route.tracer = request_tracer
+        self.table.on_new_route = lambda route: setattr(route, "tracer", request_tracer)
+        for pool in self.table.pools.values():
             await pool.connect_missing()
-        self._connector = asyncio.create_task(keep_connected(self.pools.values()), name="worker-links")
+        self._maintainer = asyncio.create_task(self._maintain(), name="routes-and-links")
         if self.plan.grpc is not None:
             from service.grpc.server import start_grpc  # grpc loads after the fork, in API servers only
 
-            plan = self.plan
+            server = self.plan.server
             self._grpc = await start_grpc(
-                plan.grpc, plan.routes, self.pools, plan.gates, plan.drain, self.ready,
-                plan.states.model_ready, hookserve_version(), request_tracer,
+                self.plan.grpc, self.table, self.states.unit_ready, self.ready, hookserve_version(),
+                server.api_key, server.max_body_bytes, request_tracer,
             )  # fmt: skip
 
     async def _stop(self) -> None:
         if self._grpc is not None:
             await self._grpc.stop()
-        if self._connector is not None:
-            self._connector.cancel()
+        if self._maintainer is not None:
+            self._maintainer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._connector
-        for pool in self.pools.values():
+                await self._maintainer
+        for pool in self.table.pools.values():
             pool.close()
+
+    async def _maintain(self) -> None:
+        """Forever: follow the serving table (an idle server too), and connect to workers as they
+        become ready (at start-up, after a restart, after a load)."""
+        while True:
+            if self.store.changed:
+                self.refresh()
+            for pool in list(self.table.pools.values()):
+                await pool.connect_missing()
+            await asyncio.sleep(RECONNECT_INTERVAL_S)
+
+
+_ORDER = [WorkerState.READY, WorkerState.STARTING, WorkerState.DOWN, WorkerState.STOPPED, WorkerState.FAILED]
+
+
+def _severity(state: WorkerState) -> int:
+    return _ORDER.index(state)

@@ -106,6 +106,10 @@ class InferencePipeline:
         self.drain = drain
         self._draining = REJECTED.labels(settings.model, "draining")
 
+    def bind(self, settings: RouteSettings, workers: ModelWorkers, gate: AdmissionGate) -> None:
+        """Serve from now on through another unit of the same model version (a reload)."""
+        self.settings, self.workers, self.gate = settings, workers, gate
+
     async def infer(
         self, decoded: Decoded, request_id: str, arrived: float, traced: RequestTrace | None = None
     ) -> tuple[int, bytes]:
@@ -119,29 +123,40 @@ class InferencePipeline:
         if self.drain.draining:
             self._draining.inc()
             raise WorkerUnavailable("server is shutting down; retry on another replica")
+        # The gate and workers are read together, in one step of the event loop: a reload that rebinds
+        # this route to a new version's unit (service.pool.manager) sends this request to one unit,
+        # whose gate counts it until it is answered, so the old unit is stopped only after it.
+        gate, workers = self.gate, self.workers
         priority = decoded.priority or self.settings.default_priority
         instances = len(decoded.instances)
         if traced is None:
-            self._admit(instances, priority, decoded.timeout_s)
+            self._admit(gate, instances, priority, decoded.timeout_s)
         else:
             with traced.phase("admission"):
-                self._admit(instances, priority, decoded.timeout_s)
+                self._admit(gate, instances, priority, decoded.timeout_s)
         try:
-            return await self._run(decoded, request_id, arrived, priority, traced)
+            return await self._run(workers, decoded, request_id, arrived, priority, traced)
         finally:
-            self.gate.leave(instances, priority)
+            gate.leave(instances, priority)
 
-    def _admit(self, instances: int, priority: int, timeout_s: float | None) -> None:
-        if (rejection := self.gate.admit(instances, priority, timeout_s)) is not None:
+    @staticmethod
+    def _admit(gate: AdmissionGate, instances: int, priority: int, timeout_s: float | None) -> None:
+        if (rejection := gate.admit(instances, priority, timeout_s)) is not None:
             raise rejection  # counted by the gate, by reason
 
     async def _run(
-        self, decoded: Decoded, request_id: str, arrived: float, priority: int, traced: RequestTrace | None
+        self,
+        workers: ModelWorkers,
+        decoded: Decoded,
+        request_id: str,
+        arrived: float,
+        priority: int,
+        traced: RequestTrace | None,
     ) -> tuple[int, bytes]:
         """Send the instances to a worker and wait for its answer, at most until the deadline."""
         timeout = decoded.timeout_s or self.settings.request_timeout_s
         deadline = arrived + timeout
-        link = await self.workers.pick()
+        link = await workers.pick()
         remaining = deadline - time.monotonic()
         if remaining <= 0:  # the body took the whole deadline to arrive: no worker time for it
             return _past_deadline(timeout)

@@ -104,8 +104,8 @@ def _v2_operations(settings: RouteSettings, components: dict[str, Any]) -> dict[
 
 V2_SERVER_PATHS = {
     "/v2": ("v2_server_metadata", "Server metadata: name, version, extensions"),
-    "/v2/health/live": ("v2_live", "Liveness: {\"live\": true}"),
-    "/v2/health/ready": ("v2_ready", "Readiness: {\"ready\": true} (200) or false (503)"),
+    "/v2/health/live": ("v2_live", 'Liveness: {"live": true}'),
+    "/v2/health/ready": ("v2_ready", 'Readiness: {"ready": true} (200) or false (503)'),
 }
 
 

@@ -21,6 +21,11 @@ def predict_path(model: str) -> str:
     return f"/v1/models/{model}:predict"
 
 
+def versioned_predict_path(model: str, version: str) -> str:
+    """The V1 predict URL of one version (TF Serving's ``/versions/{v}``)."""
+    return f"/v1/models/{model}/versions/{version}:predict"
+
+
 class PredictRoute(InferenceRoute):
     """The V1 predict route of one model."""
 

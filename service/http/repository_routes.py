@@ -4,7 +4,9 @@ Shapes are what ``tritonclient.http`` sends and reads: ``POST /v2/repository/ind
 ``{"ready": true}`` for only the ready models) answers ``[{"name", "version", "state", "reason"}]`` for
 every model the server knows, loaded or not; ``POST /v2/repository/models/{m}/load`` and ``.../unload``
 answer ``{"error": ...}`` when they cannot act. With ``model_control: none`` they are refused (403, in
-Triton's words); with ``explicit`` live loading and unloading are not built yet (501).
+Triton's words); with ``explicit`` the API server asks the main process to act (:mod:`service.pool.control`)
+and answers once it has: 200 when every version asked for is taking traffic (load) or the model's workers
+are stopped (unload), 400 with the reason when loading failed (whatever was serving still serves).
 
 When auth is on (an API key or an admin key is set) the three routes need the admin key
 (``server.auth.admin_key_env``): no key or a wrong one is 401, the inference API key is 403.
@@ -23,7 +25,8 @@ from service.http.auth import bearer_matches
 from service.http.errors import ClientError, request_id_of, send_error
 from service.http.middleware import read_body
 from service.http.v2 import Handler
-from service.repository import CatalogEntry
+from service.pool.control import call_control
+from service.pool.table import ModelStatus, TableStore
 from service.worker_states import WorkerState, WorkerStates
 
 INDEX_PATH = "/v2/repository/index"
@@ -33,10 +36,7 @@ CONTROL_DISABLED = (
     "hookserve runs with model_control none (every repository model loads at start); "
     "restart it with --model-control explicit to choose which models load"
 )
-NOT_BUILT = (
-    "live model {action} is not built yet in this hookserve: with model_control explicit, the models in "
-    "server.load_models load at start; change them and restart hookserve"
-)
+CONTROL_PREFIX = "/v2/repository/models/"
 NO_ADMIN_KEY = "the repository routes need the admin key, and none is set (server.auth.admin_key_env)"
 Answerer = Callable[[Scope, Receive], Awaitable[object]]
 
@@ -45,7 +45,6 @@ Answerer = Callable[[Scope, Receive], Awaitable[object]]
 class RepositorySettings:
     """What the repository routes need, fixed at start-up."""
 
-    catalog: list[CatalogEntry]
     model_control: str
     admin_key: bytes | None
     api_key: bytes | None
@@ -71,35 +70,35 @@ def admin_denial(scope: dict, admin_key: bytes | None, api_key: bytes | None) ->
     return ClientError(401, "missing or invalid admin key: send 'Authorization: Bearer <admin key>'")
 
 
-def model_state(entry: CatalogEntry, states: WorkerStates) -> tuple[str, str]:
-    """Triton's ``state`` and ``reason`` of one model, from its workers' states."""
-    if not entry.loaded:
-        return "UNAVAILABLE", "not loaded at start"
-    state = states.model_state(entry.name)
+def served_state(unit: int, states: WorkerStates) -> tuple[str, str]:
+    """Triton's ``state`` and ``reason`` of a served version, from its workers' states."""
+    state = states.unit_state(unit)
     if state == WorkerState.READY:
         return "READY", ""
     if state == WorkerState.STARTING:
         return "LOADING", ""
     if state == WorkerState.DOWN:
         return "UNAVAILABLE", "no live worker: restarting after a crash"
-    return "UNAVAILABLE", "every worker crashed too often (server.worker_restarts); restart hookserve"
+    return "UNAVAILABLE", "every worker crashed too often (server.worker_restarts); load it again"
 
 
 class RepositoryRoutes:
     """The repository routes of one API-server process."""
 
-    def __init__(self, settings: RepositorySettings, states: WorkerStates) -> None:
+    def __init__(self, settings: RepositorySettings, store: TableStore, states: WorkerStates) -> None:
         self.settings = settings
+        self.store = store
         self.states = states
+        self.control = self._guarded(self._control)
 
     def table(self) -> dict[str, Handler]:
-        """Exact paths: the index, and load/unload for each model the server knows."""
-        table: dict[str, Handler] = {INDEX_PATH: self._guarded(self.index)}
-        for entry in self.settings.catalog:
-            for action in ("load", "unload"):
-                path = f"/v2/repository/models/{entry.name}/{action}"
-                table[path] = self._guarded(self._control(action))
-        return table
+        """The exact path: the index (load and unload are matched by :meth:`handles`)."""
+        return {INDEX_PATH: self._guarded(self.index)}
+
+    @staticmethod
+    def handles(path: str) -> bool:
+        """``/v2/repository/models/{m}/load`` or ``.../unload``, for any model name."""
+        return path.startswith(CONTROL_PREFIX) and path.endswith(("/load", "/unload"))
 
     def _guarded(self, answer: Answerer) -> Handler:
         """POST only, admin key when auth is on, errors as ``{"error", "request_id"}``."""
@@ -123,22 +122,51 @@ class RepositoryRoutes:
     async def index(self, scope: Scope, receive: Receive) -> list[dict]:
         body = await read_body(scope, receive, self.settings.max_body_bytes)
         only_ready = _ready_filter(body)
+        table = self.store.current()
         entries = []
-        for entry in self.settings.catalog:
-            state, reason = model_state(entry, self.states)
-            if only_ready and state != "READY":
-                continue
-            entries.append({"name": entry.name, "version": entry.version, "state": state, "reason": reason})
+        for name in sorted(table.catalog):
+            for status in table.catalog[name]:
+                state, reason = self._state(status, table.models.get(name))
+                if only_ready and state != "READY":
+                    continue
+                entries.append({"name": name, "version": status.version, "state": state, "reason": reason})
         return entries
 
-    def _control(self, action: str) -> Answerer:
-        async def control(scope: Scope, receive: Receive) -> dict:
-            await read_body(scope, receive, self.settings.max_body_bytes)
-            if self.settings.model_control == "none":
-                raise ClientError(403, CONTROL_DISABLED)
-            raise ClientError(501, NOT_BUILT.format(action="loading" if action == "load" else "unloading"))
+    def _state(self, status: ModelStatus, model: object) -> tuple[str, str]:
+        served = getattr(model, "versions", {}).get(status.version)
+        if status.state == "READY" and served is not None:
+            return served_state(served.unit, self.states)
+        return status.state, status.reason
 
-        return control
+    async def _control(self, scope: Scope, receive: Receive) -> dict:
+        body = await read_body(scope, receive, self.settings.max_body_bytes)
+        name, _, action = scope["path"].removeprefix(CONTROL_PREFIX).rpartition("/")
+        if not name or "/" in name:
+            raise ClientError(404, f"{scope['path']} names no model")
+        config = _load_config(body) if action == "load" else None
+        if self.settings.model_control == "none":
+            raise ClientError(403, CONTROL_DISABLED)
+        outcome = await call_control(action, name, config)
+        if outcome.status != 200:
+            raise ClientError(outcome.status, outcome.error)
+        return {}
+
+
+def _load_config(body: bytes) -> str | None:
+    """A load's ``parameters.config``: the JSON text of model.yaml keys for this load (Triton's)."""
+    if not body.strip():
+        return None
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ClientError(400, f"the load request is not valid JSON: {exc}") from exc
+    parameters = request.get("parameters", {}) if isinstance(request, dict) else None
+    if not isinstance(parameters, dict):
+        raise ClientError(400, 'the load request must be {"parameters": {"config": "<JSON>"}}')
+    config = parameters.get("config")
+    if config is not None and not isinstance(config, str):
+        raise ClientError(400, "parameters.config must be a string holding a JSON object")
+    return config
 
 
 def _ready_filter(body: bytes) -> bool:

@@ -10,7 +10,8 @@ requests to a model share its workers and batch together. Errors are ``{"error":
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
@@ -22,6 +23,10 @@ from service.http.inference import Answer, Decoded, InferenceRoute, RouteSetting
 from service.http.request_options import from_v2_parameters
 from service.http.v2_codec import INPUT_NAME, OUTPUTS, decode_request, encode_response
 from service.messages import PROBABILITIES_F32
+
+if TYPE_CHECKING:
+    from service.http.route_table import VersionRoutes
+    from service.pool.table import ServedModel
 
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
@@ -62,11 +67,11 @@ class V2InferRoute(InferenceRoute):
         )
 
 
-def model_metadata(settings: RouteSettings) -> dict:
+def model_metadata(settings: RouteSettings, versions: list[str] | None = None) -> dict:
     labels = len(settings.output_spec.labels)
     return {
         "name": settings.model,
-        "versions": [settings.version],
+        "versions": versions or [settings.version],
         "platform": "pytorch",
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *settings.input_spec.shape]}],
         "outputs": [
@@ -90,32 +95,43 @@ def json_handler(produce: Callable[[], tuple[int, dict]]) -> Handler:
     return handle
 
 
-def routes(
-    settings: list[RouteSettings],
-    infer: dict[str, V2InferRoute],
-    model_ready: Callable[[str], bool],
-    server_ready: Callable[[], bool],
-    version: str,
-) -> dict[str, Handler]:
-    """Every V2 path, exact (unknown models and versions fall through to a 404)."""
-    table: dict[str, Handler] = {
+def server_routes(server_ready: Callable[[], bool], version: str) -> dict[str, Handler]:
+    """The server's V2 paths: metadata and health."""
+    return {
         "/v2": json_handler(
             lambda: (200, {"name": "hookserve", "version": version, "extensions": EXTENSIONS})
         ),
         "/v2/health/live": json_handler(lambda: (200, {"live": True})),
         "/v2/health/ready": json_handler(lambda: _readiness(server_ready(), {})),
     }
-    for s in settings:
-        metadata = model_metadata(s)
 
-        def ready(name: str = s.model) -> tuple[int, dict]:
-            return _readiness(model_ready(name), {"name": name})
 
-        for prefix in model_paths(s.model, s.version):
-            table[prefix] = json_handler(lambda m=metadata: (200, m))
-            table[f"{prefix}/ready"] = json_handler(ready)
-            table[f"{prefix}/infer"] = infer[s.model]
+def model_routes(
+    model: ServedModel,
+    versions: Mapping[str, VersionRoutes],
+    unversioned_infer: Handler,
+    unit_ready: Callable[[int], bool],
+) -> dict[str, Handler]:
+    """One model's V2 paths, exact: unversioned ones (its default version; inference by its split) and
+    one set per served version (unknown versions fall through to a 404)."""
+    listed = model.sorted_versions()
+    table: dict[str, Handler] = {}
+    for version, routes in versions.items():
+        metadata = model_metadata(routes.settings, listed)
+        prefix = f"/v2/models/{model.name}/versions/{version}"
+        table[prefix] = json_handler(lambda m=metadata: (200, m))
+        table[f"{prefix}/ready"] = _ready_handler(model.name, routes, unit_ready)
+        table[f"{prefix}/infer"] = routes.v2
+    default = versions[model.default_version]
+    prefix = f"/v2/models/{model.name}"
+    table[prefix] = table[f"{prefix}/versions/{model.default_version}"]
+    table[f"{prefix}/ready"] = _ready_handler(model.name, default, unit_ready)
+    table[f"{prefix}/infer"] = unversioned_infer
     return table
+
+
+def _ready_handler(name: str, routes: VersionRoutes, unit_ready: Callable[[int], bool]) -> Handler:
+    return json_handler(lambda: _readiness(unit_ready(routes.unit), {"name": name}))
 
 
 def _readiness(ready: bool, body: dict) -> tuple[int, dict]:

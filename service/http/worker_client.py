@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from service.messages import FrameDecoder, InferReply, InferRequest, encode_frame
 from service.worker_states import WorkerState, WorkerStates
@@ -79,11 +79,12 @@ class WorkerLink(asyncio.Protocol):
 
 
 class ModelWorkers:
-    """This API server's links to the workers of one model; picks the least busy live one."""
+    """This API server's links to the workers of one unit (a model version); picks the least busy."""
 
-    def __init__(self, model: str, states: WorkerStates) -> None:
-        self.model = model
+    def __init__(self, unit: int, states: WorkerStates, label: str) -> None:
+        self.unit = unit
         self.states = states
+        self.label = label  # "digits-cnn" or "digits-cnn version 2", for messages and logs
         self.links: dict[int, WorkerLink] = {}
 
     def live_links(self) -> Iterable[WorkerLink]:
@@ -92,16 +93,16 @@ class ModelWorkers:
     async def connect_missing(self) -> None:
         """Connect to every worker that is ready and not yet connected (a no-op when all are)."""
         loop = asyncio.get_running_loop()
-        for worker in self.states.workers(self.model):
+        for worker in self.states.workers(self.unit):
             link = self.links.get(worker)
             if link is not None and not link.closed:
                 continue
-            if self.states.get(self.model, worker) != WorkerState.READY:
+            if self.states.get(self.unit, worker) != WorkerState.READY:
                 continue
-            path = self.states.socket_path(self.model, worker)
+            path = self.states.socket_path(self.unit, worker)
             try:
                 _, link = await loop.create_unix_connection(
-                    lambda w=worker: WorkerLink(f"{self.model} worker {w}"), str(path)
+                    lambda w=worker: WorkerLink(f"{self.label} worker {w}"), str(path)
                 )
             except OSError:
                 continue  # not listening yet (restarting) or just died; the next round retries
@@ -114,12 +115,12 @@ class ModelWorkers:
             await self.connect_missing()  # a worker may have become ready since the last round
             best = min(self.live_links(), key=lambda link: len(link.pending), default=None)
         if best is None:
-            state = self.states.model_state(self.model)
+            state = self.states.unit_state(self.unit)
             if state == WorkerState.FAILED:
                 raise WorkerUnavailable(
-                    f"model {self.model!r} is down: its worker failed repeatedly (see the server log)"
+                    f"model {self.label} is down: its worker failed repeatedly (see the server log)"
                 )
-            raise WorkerUnavailable(f"model {self.model!r} has no live worker ({state.name.lower()}); retry")
+            raise WorkerUnavailable(f"model {self.label} has no live worker ({state.name.lower()}); retry")
         return best
 
     def close(self) -> None:
@@ -127,10 +128,12 @@ class ModelWorkers:
             link.close()
 
 
-async def keep_connected(pools: Iterable[ModelWorkers], interval_s: float = RECONNECT_INTERVAL_S) -> None:
-    """Forever: reconnect to workers as they become ready (at start-up and after a restart)."""
-    pools = list(pools)
+async def keep_connected(
+    pools: Callable[[], Iterable[ModelWorkers]], interval_s: float = RECONNECT_INTERVAL_S
+) -> None:
+    """Forever: reconnect to the current units' workers as they become ready (at start-up, after a
+    restart, after a load)."""
     while True:
-        for pool in pools:
+        for pool in list(pools()):
             await pool.connect_missing()
         await asyncio.sleep(interval_s)

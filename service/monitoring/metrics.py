@@ -234,6 +234,11 @@ MONITOR_SAMPLE_INTERVAL = Gauge(
     ["model", "kind"],
     multiprocess_mode="mostrecent",
 )
+MODEL_LOAD_FAILURES = Counter(
+    "hookserve_model_load_failures_total",
+    "Model loads (start-up excluded) that failed and left the serving versions serving.",
+    ["model"],
+)
 TRACE_SPANS_DROPPED = Counter(
     "hookserve_trace_spans_dropped_total",
     "Trace spans lost: the export buffer was full, or the collector did not take them.",

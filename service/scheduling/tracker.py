@@ -21,9 +21,15 @@ class CostTracker:
     """One model's cost model in one worker process."""
 
     def __init__(
-        self, model: str, max_batch_size: int, board: CostBoard | None = None, export_interval_s: float = 1.0
+        self,
+        model: str,
+        max_batch_size: int,
+        board: CostBoard | None = None,
+        export_interval_s: float = 1.0,
+        unit: int = 0,
     ) -> None:
         self.model = model
+        self.unit = unit
         self.cost = CostModel()
         self.buckets = bucket_sizes(max_batch_size)
         self.max_batch_size = max_batch_size
@@ -53,7 +59,7 @@ class CostTracker:
     def _publish(self, now: float, force: bool = False) -> None:
         cost = self.cost
         if self._board is not None and self._worker is not None:
-            self._board.publish(self.model, self._worker, cost.alpha, cost.beta)
+            self._board.publish(self.unit, self._worker, cost.alpha, cost.beta)
         if not force and now < self._next_export:
             return
         self._next_export = now + self._export_interval_s

@@ -92,9 +92,7 @@ class RequestTracer:
             return None
         return RequestTrace(self.tracer, span)
 
-    def start_http(
-        self, scope: dict, attributes: Callable[[], dict[str, object]]
-    ) -> RequestTrace | None:
+    def start_http(self, scope: dict, attributes: Callable[[], dict[str, object]]) -> RequestTrace | None:
         """The trace of an ASGI request (its ``traceparent``/``tracestate`` headers honoured)."""
         return self.start(f"{scope['method']} {scope['path']}", http_carrier(scope), attributes)
 

@@ -1,7 +1,8 @@
 """The inference worker: what one worker process does for its model (load, check, warm up, serve).
 
-Started in a spawned process (by LitServe, behind :mod:`service.litserve_compat`, which calls
-:meth:`ModelWorker.setup` and then :meth:`ModelWorker.serve`). Serving is one loop: collect a batch
+Started in a spawned process by :mod:`service.pool.workers`, which calls :meth:`ModelWorker.setup` and
+then :meth:`ModelWorker.serve`. A worker serves one *unit*: one version of one model, with its own
+slots in the shared worker states and cost board. Serving is one loop: collect a batch
 from the inbox, :meth:`~service.worker.batching.BatchRunner.run_batch` it, send each API server one
 frame with its replies, then do the work that may wait (the fp32 precision shadow).
 """
@@ -69,18 +70,28 @@ class ModelWorker:
         states: WorkerStates,
         costs: CostBoard | None = None,
         tracing: TracingSettings | None = None,
+        unit: int = 0,
     ) -> None:
         self.config = config
         self.model_name = config.name
+        self.unit = unit
         self.states = states
         self.tracing = tracing
-        self.cost = CostTracker(config.name, config.max_batch_size, costs)  # the learned batch cost
+        self.cost = CostTracker(config.name, config.max_batch_size, costs, unit=unit)  # learned batch cost
         self.worker_id = 0
         self.runner: ModelRunner | None = None
 
     # --- start-up (in the worker process) ---------------------------------------------------------
     def setup(self, worker_id: int) -> None:
-        """Load, check and warm up the model; raises (and the worker exits) when it cannot serve."""
+        """Load, check and warm up the model; raises (and the worker exits) when it cannot serve: the
+        reason goes into its report first, for the load call that started it."""
+        try:
+            self._setup(worker_id)
+        except Exception as exc:
+            write_report(self.unit, worker_id, {"worker": worker_id, "error": f"{type(exc).__name__}: {exc}"})
+            raise
+
+    def _setup(self, worker_id: int) -> None:
         # Ctrl-C reaches the whole process group; the main process coordinates a drain, so workers
         # must keep serving in-flight requests instead of dying on SIGINT.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -88,7 +99,7 @@ class ModelWorker:
         configure_logging()
         self.worker_id = worker_id
         cfg = self.config
-        self.states.set(cfg.name, worker_id, WorkerState.STARTING, os.getpid())
+        self.states.set(self.unit, worker_id, WorkerState.STARTING, os.getpid())
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         device = resolve_device(cfg.device)
@@ -102,10 +113,11 @@ class ModelWorker:
         warm_seconds = warm_up(model, device, cfg.precision, cfg.max_batch_size, observe=self.cost.seed)
         self._export_start_metrics(report, monitored=monitor is not None)
         write_report(
-            cfg.name,
+            self.unit,
             worker_id,
             {
                 "worker": worker_id,
+                "version": cfg.version,
                 "pid": os.getpid(),
                 "device": str(device),
                 "precision": cfg.precision,
@@ -155,10 +167,10 @@ class ModelWorker:
         cfg, runner = self.config, self.runner
         assert runner is not None, "setup() first"
         batches = BatchRunner(runner, self._batch_tracer())
-        inbox = Inbox(self.states.socket_path(cfg.name, self.worker_id))
-        self.states.set(cfg.name, self.worker_id, WorkerState.READY, os.getpid())
+        inbox = Inbox(self.states.socket_path(self.unit, self.worker_id))
+        self.states.set(self.unit, self.worker_id, WorkerState.READY, os.getpid())
         WORKERS_READY.labels(cfg.name).set(1)
-        logger.info("%s worker %d accepting requests", cfg.name, self.worker_id)
+        logger.info("%s version %s worker %d accepting requests", cfg.name, cfg.version, self.worker_id)
         batch_timeout = cfg.batch_timeout_ms / 1000.0
         try:
             while True:

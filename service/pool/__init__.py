@@ -1,0 +1,1 @@
+"""The worker pool: units of (model, version), the memory every process shares, and live changes."""
