@@ -18,8 +18,8 @@ def rejected_count(model: str, reason: str) -> float:
 
 
 def gate_with_cost(model: str, target_s: float | None, limit: int = 1000) -> tuple[AdmissionGate, CostBoard]:
-    board = CostBoard({model: 1})
-    gate = AdmissionGate(limit, model, latency_target_s=target_s, costs=board.costs(model), max_batch_size=8)
+    board = CostBoard(1)
+    gate = AdmissionGate(limit, model, latency_target_s=target_s, costs=board.costs(0), max_batch_size=8)
     return gate, board
 
 
@@ -44,7 +44,7 @@ def test_the_hard_cap_refuses_with_overload() -> None:
 
 def test_the_latency_target_admits_while_the_predicted_answer_meets_it() -> None:
     gate, board = gate_with_cost("targeted", target_s=0.2)
-    board.publish("targeted", 0, 0.001, 0.02)  # t(b) = 1 ms * b + 20 ms, batches of at most 8
+    board.publish(0, 0, 0.001, 0.02)  # t(b) = 1 ms * b + 20 ms, batches of at most 8
     # 4-instance requests: with q queued, ahead = q + 4, predicted = ahead * 1 ms + ceil(ahead / 8) * 20 ms.
     # ahead 56 -> 56 + 140 = 196 ms (admitted); ahead 60 -> 60 + 160 = 220 ms (refused): 14 fit.
     before = rejected_count("targeted", "latency_target")
@@ -58,7 +58,7 @@ def test_the_latency_target_admits_while_the_predicted_answer_meets_it() -> None
 
 def test_a_smaller_request_can_fit_where_a_larger_one_does_not() -> None:
     gate, board = gate_with_cost("sizes", target_s=0.2)
-    board.publish("sizes", 0, 0.001, 0.02)
+    board.publish(0, 0, 0.001, 0.02)
     for _ in range(13):
         assert gate.admit(4) is None  # 52 queued
     assert gate.admit(8) is not None  # ahead 60: 220 ms
@@ -67,7 +67,7 @@ def test_a_smaller_request_can_fit_where_a_larger_one_does_not() -> None:
 
 def test_retry_after_grows_with_the_excess_over_the_target() -> None:
     gate, board = gate_with_cost("slowpoke", target_s=0.5)
-    board.publish("slowpoke", 0, 0.1, 0.0)  # 100 ms per instance
+    board.publish(0, 0, 0.1, 0.0)  # 100 ms per instance
     rejection = gate.admit(40)  # 4 s predicted, 3.5 s over the target
     assert rejection is not None and rejection.retry_after_s == 4
 
@@ -76,13 +76,13 @@ def test_without_a_published_cost_or_a_target_only_the_cap_applies() -> None:
     unseeded, _ = gate_with_cost("unseeded", target_s=0.001)  # no worker has warmed up yet
     assert admit_until_refused(unseeded, 64)[1].reason == "overload"
     untargeted, board = gate_with_cost("untargeted", target_s=None)
-    board.publish("untargeted", 0, 1.0, 1.0)  # whatever it costs
+    board.publish(0, 0, 1.0, 1.0)  # whatever it costs
     assert admit_until_refused(untargeted, 64)[1].reason == "overload"
 
 
 def test_leave_gives_the_room_back() -> None:
     gate, board = gate_with_cost("cycle", target_s=0.2)
-    board.publish("cycle", 0, 0.001, 0.02)
+    board.publish(0, 0, 0.001, 0.02)
     admitted, _ = admit_until_refused(gate, 4)
     for _ in range(admitted):
         gate.leave(4)
@@ -99,7 +99,7 @@ def _churn(gate: AdmissionGate, rounds: int) -> None:
 @pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="API servers are forked (POSIX)")
 def test_counts_stay_exact_with_several_api_server_processes() -> None:
     gate, board = gate_with_cost("shared", target_s=0.2, limit=50)
-    board.publish("shared", 0, 0.001, 0.02)
+    board.publish(0, 0, 0.001, 0.02)
     processes = [mp.get_context("fork").Process(target=_churn, args=(gate, 2000)) for _ in range(4)]
     for process in processes:
         process.start()
@@ -110,9 +110,9 @@ def test_counts_stay_exact_with_several_api_server_processes() -> None:
 
 
 def test_a_request_waits_only_for_its_own_and_higher_priorities() -> None:
-    board = CostBoard({"prio": 1})
-    gate = AdmissionGate(1000, "prio", 0.2, board.costs("prio"), max_batch_size=8, priority_levels=2)
-    board.publish("prio", 0, 0.001, 0.02)  # the same curve as above: 14 requests of 4 fit in 200 ms
+    board = CostBoard(1)
+    gate = AdmissionGate(1000, "prio", 0.2, board.costs(0), max_batch_size=8, priority_levels=2)
+    board.publish(0, 0, 0.001, 0.02)  # the same curve as above: 14 requests of 4 fit in 200 ms
     admitted_low, refused_low = 0, None
     while (refused_low := gate.admit(4, priority=2)) is None:
         admitted_low += 1
@@ -129,7 +129,7 @@ def test_a_request_waits_only_for_its_own_and_higher_priorities() -> None:
 
 def test_a_request_predicted_to_miss_its_own_timeout_is_refused_at_once() -> None:
     gate, board = gate_with_cost("own-deadline", target_s=None)
-    board.publish("own-deadline", 0, 0.001, 0.02)
+    board.publish(0, 0, 0.001, 0.02)
     before = rejected_count("own-deadline", "deadline")
     assert gate.admit(4, timeout_s=0.05) is None  # ahead 4: 4 ms + 20 ms
     for _ in range(10):

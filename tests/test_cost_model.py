@@ -121,18 +121,20 @@ def test_predicted_answer_time() -> None:
 
 
 def _publish(board: CostBoard) -> None:
-    board.publish("b", 1, 0.004, 0.03)
+    board.publish(1, 1, 0.004, 0.03)
 
 
 def test_the_board_is_shared_with_a_spawned_worker() -> None:
-    board = CostBoard({"a": 1, "b": 2})
-    costs = board.costs("b")
+    board = CostBoard(2)  # units 0 ("a") and 1 ("b")
+    costs = board.costs(1)
     assert costs.line() == (0.0, 0.0, 0)  # nothing published: no worker has warmed up
-    board.publish("b", 0, 0.002, 0.01)
+    board.publish(1, 0, 0.002, 0.01)
     child = mp.get_context("spawn").Process(target=_publish, args=(board,))
     child.start()
     child.join(60)
     assert child.exitcode == 0
     alpha, beta, workers = costs.line()
     assert workers == 2 and alpha == pytest.approx(0.003) and beta == pytest.approx(0.02)
-    assert board.costs("a").line() == (0.0, 0.0, 0)
+    assert board.costs(0).line() == (0.0, 0.0, 0)
+    board.clear(1)  # a released unit: its next owner starts from nothing
+    assert costs.line() == (0.0, 0.0, 0)

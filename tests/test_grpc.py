@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -18,15 +19,16 @@ import pytest
 
 from models.base import InputSpec, OutputSpec
 from service.cli import build_parser
-from service.config import HookserveConfig, ServerConfig
+from service.config import HookserveConfig, ModelServeConfig, ServerConfig
 from service.grpc.endpoint import GrpcEndpoint, check_port_free
 from service.grpc.proto import grpc_predict_v2_pb2 as pb
-from service.grpc.service import GrpcModel, InferenceService, grpc_code
+from service.grpc.service import InferenceService, grpc_code
 from service.grpc.tensors import decode_infer_request, encode_infer_response
 from service.http.admission import AdmissionGate, DrainSwitch
 from service.http.codec import ClientError
 from service.http.inference import InferencePipeline, RouteSettings
 from service.http.worker_client import WorkerUnavailable
+from service.pool.table import ServedModel, ServedVersion
 
 ROOT = Path(__file__).resolve().parent.parent
 STUBS = ["grpc_predict_v2_pb2.py", "grpc_predict_v2_pb2.pyi", "grpc_predict_v2_pb2_grpc.py"]
@@ -247,9 +249,15 @@ class FakePipeline:
 
 def call(pipeline: FakePipeline, context: FakeContext, api_key: bytes | None = None) -> FakeContext:
     settings = RouteSettings(**{**SETTINGS.__dict__, "api_key": api_key})
-    service = InferenceService(
-        {"m": GrpcModel.build(settings, pipeline)}, lambda m: True, lambda: True, "0", api_key
-    )
+    served = ServedVersion(0, ModelServeConfig(name="m", version="1"), None)  # type: ignore[arg-type]
+    model = ServedModel("m", {"1": served}, "1")
+    routes = SimpleNamespace(
+        generation=1,
+        models={"m": model},
+        served=["m"],
+        versions={("m", "1"): SimpleNamespace(settings=settings, v2=pipeline, unit=0)},
+    )  # the router's RouteTable, as the service reads it
+    service = InferenceService(routes, lambda unit: True, lambda: True, "0", api_key)
     request = raw_request(np.zeros((1, 2, 3), np.float32))
     with contextlib.suppress(Aborted):
         asyncio.run(service.ModelInfer(request, context))

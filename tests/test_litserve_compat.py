@@ -18,35 +18,15 @@ import httpx
 import litserve as ls
 import pytest
 from litserve import server as litserve_server
-from litserve.loops import loops as litserve_loops
 from litserve.server import _Server as LitServeUvicornServer
 from litserve.utils import WorkerSetupStatus
 from starlette.middleware.gzip import GZipMiddleware
 
-from service.litserve_compat import (
-    MANAGER_GONE_ERRORS,
-    WORKER_ID_ENV,
-    CompatLitServer,
-    RoutelessSpec,
-    _LitWorker,
-    _WorkerLoop,
-)
+from service.litserve_compat import MANAGER_GONE_ERRORS, PLACEHOLDER_PATH, CompatLitServer, RoutelessSpec
 
 
-class EchoWorker:
-    """A served worker that does nothing: enough for LitServe to build a server around it."""
-
-    model_name = "echo"
-
-    def setup(self, worker_id: int) -> None:
-        pass
-
-    def serve(self) -> None:
-        self.served = True
-
-
-def compat_server(path: str = "/echo") -> CompatLitServer:
-    return CompatLitServer([(EchoWorker(), path)])
+def compat_server(launch_workers=lambda processes: None) -> CompatLitServer:
+    return CompatLitServer(launch_workers=launch_workers)
 
 
 class EchoAPI(ls.LitAPI):
@@ -78,12 +58,31 @@ def test_2_run_waits_on_verify_worker_status_over_workers_setup_status() -> None
     assert "self.workers_setup_status = " in inspect.getsource(ls.LitServer._init_manager)
 
 
-def test_3_a_single_worker_can_be_relaunched_and_run_keeps_the_process_list() -> None:
-    params = list(inspect.signature(ls.LitServer.launch_single_inference_worker).parameters)
-    assert params == ["self", "lit_api", "worker_id"]
-    assert "return process" in inspect.getsource(ls.LitServer.launch_single_inference_worker)
-    assert "self.inference_workers = []" in run_source()
+def test_3_run_asks_for_each_apis_workers_into_the_list_its_shutdown_stops() -> None:
+    params = list(inspect.signature(ls.LitServer.launch_inference_worker).parameters)
+    assert params == ["self", "lit_api"]
+    source = run_source()
+    assert "self.inference_workers = []" in source
+    launch = source.index("_inference_workers = self.launch_inference_worker(lit_api)")
+    assert source.index("self.inference_workers = []") < launch < source.index("self.verify_worker_status()")
+    assert source.index("self.verify_worker_status()") < source.index("uvicorn_workers = self._start_server(")
     assert "self.inference_workers" in inspect.getsource(ls.LitServer._perform_graceful_shutdown)
+
+
+def test_3_hookserves_launch_fills_litserves_list_and_litserve_starts_no_worker() -> None:
+    started: list[list] = []
+
+    def launch(processes: list) -> None:
+        processes.append("a worker process")
+        started.append(processes)
+
+    server = compat_server(launch)
+    server.inference_workers = []  # what run() does first
+    assert server.launch_inference_worker(server.litapi_connector.lit_apis[0]) == []
+    assert started == [server.inference_workers] and server.inference_workers == ["a worker process"]
+    server.verify_worker_status()  # nothing left to wait for
+    with pytest.raises(RuntimeError, match="hookserve starts its own workers"):
+        server.litapi_connector.lit_apis[0].setup("cpu")
 
 
 def test_4_run_ends_when_the_shutdown_event_is_set() -> None:
@@ -125,30 +124,12 @@ def test_5_litserve_adds_gzip_and_the_compat_server_removes_it() -> None:
 
 
 def test_6_a_routeless_spec_keeps_litserve_from_registering_a_route() -> None:
-    path = "/v1/models/echo:predict"
-    with_route = ls.LitServer(EchoAPI(api_path=path))
-    assert path in routed_paths(with_route)
-    without = compat_server(path)
-    assert path not in routed_paths(without)
-    assert without.litapi_connector.lit_apis[0].api_path == path
-
-
-def test_6_litserve_names_the_worker_in_its_environment() -> None:
-    source = inspect.getsource(litserve_loops.inference_worker)
-    assert f'os.environ["{WORKER_ID_ENV}"] = str(worker_id)' in source
-
-
-def test_9_the_worker_process_sets_up_then_calls_the_loop_with_lit_api_first() -> None:
-    source = inspect.getsource(litserve_loops.inference_worker)
-    assert "lit_api.setup(device)" in source
-    assert "loop: LitLoop = lit_api.loop" in source
-    call = source.split("    loop(\n", 1)[1]
-    assert call.lstrip().startswith("lit_api,"), "LitServe no longer passes lit_api first to the loop"
-    worker = EchoWorker()
-    lit_api = _LitWorker(worker, "/echo")
-    assert isinstance(lit_api.loop, _WorkerLoop) and isinstance(lit_api.spec, RoutelessSpec)
-    lit_api.loop(lit_api, "cpu", 0, None, None, {}, None)  # LitServe's arguments today, ignored
-    assert worker.served
+    with_route = ls.LitServer(EchoAPI(api_path=PLACEHOLDER_PATH))
+    assert PLACEHOLDER_PATH in routed_paths(with_route)
+    without = compat_server()
+    assert PLACEHOLDER_PATH not in routed_paths(without)
+    (placeholder,) = without.litapi_connector.lit_apis
+    assert placeholder.api_path == PLACEHOLDER_PATH and isinstance(placeholder.spec, RoutelessSpec)
 
 
 def test_7_uvicorn_runs_a_copy_of_litservers_app() -> None:

@@ -11,11 +11,12 @@ import yaml
 
 from service.config import HookserveConfig, ServerConfig
 from service.repository import (
+    ModelPlan,
     RepositoryError,
-    catalog,
-    resolve_models,
+    read_model,
     scan_repository,
     served_models,
+    startup_plans,
 )
 
 
@@ -41,8 +42,9 @@ def test_every_version_folder_becomes_a_config_and_latest_is_served(tmp_path: Pa
     assert sorted(model.versions) == [1, 2, 10]  # numeric order: 10 is the highest, not "2"
     assert {v: c.version for v, c in model.versions.items()} == {1: "1", 2: "2", 10: "10"}
     assert all(c.name == "digits-cnn" and c.max_batch_size == 32 for c in model.versions.values())
-    assert model.served_version() == 10
-    assert model.served_config().version == "10"
+    plan = model.plan()
+    assert list(plan.versions) == ["10"] and plan.default_version == "10"
+    assert plan.versions["10"].version == "10"
 
 
 def test_a_version_model_yaml_overrides_the_models_keys_and_merges_mappings(tmp_path: Path) -> None:
@@ -174,29 +176,61 @@ def test_a_missing_repository_is_an_error(tmp_path: Path) -> None:
         scan_repository(tmp_path / "nowhere")
 
 
-# -- versions: one served version per model in this slice
+# -- versions: which are served, where unversioned requests go, how traffic splits
 def test_a_list_of_one_version_picks_it(tmp_path: Path) -> None:
     model_folder(tmp_path, "digits-cnn", {"versions": [1]}, versions=(1, 2))
-    assert scan_repository(tmp_path).models["digits-cnn"].served_version() == 1
+    assert list(scan_repository(tmp_path).models["digits-cnn"].plan().versions) == ["1"]
 
 
 @pytest.mark.parametrize("versions", ["all", [1, 2]])
-def test_several_served_versions_are_not_supported_yet(tmp_path: Path, versions: object) -> None:
+def test_several_versions_are_served_and_the_highest_is_the_default(tmp_path: Path, versions: object) -> None:
     model_folder(tmp_path, "digits-cnn", {"versions": versions}, versions=(1, 2))
-    model = scan_repository(tmp_path).models["digits-cnn"]
-    assert model.selected_versions() == [1, 2]  # what the next slice will serve
-    with pytest.raises(
-        RepositoryError, match="several versions of 'digits-cnn' at once, which is not supported yet"
-    ):
-        model.served_version()
-    with pytest.raises(RepositoryError, match="not supported yet"):
-        resolve_models(config_with(tmp_path))
+    plan = scan_repository(tmp_path).models["digits-cnn"].plan()
+    assert list(plan.versions) == ["1", "2"]
+    assert plan.default_version == "2" and plan.traffic is None
+    assert [p.name for p in startup_plans(config_with(tmp_path))[0]] == ["digits-cnn"]
+
+
+def test_default_version_and_traffic_are_read_and_checked(tmp_path: Path) -> None:
+    keys = {"versions": "all", "default_version": 1, "traffic": {1: 90, 2: 10}}
+    model_folder(tmp_path, "digits-cnn", keys, versions=(1, 2))
+    plan = scan_repository(tmp_path).models["digits-cnn"].plan()
+    assert plan.default_version == "1"
+    assert plan.traffic == {"1": 90, "2": 10}
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"versions": [2], "default_version": 1}, r"default_version 1 is not served; served: \[2\]"),
+        ({"versions": [2], "traffic": {1: 50, 2: 50}}, r"traffic names versions \[1\], not served"),
+        ({"versions": "all", "traffic": {1: 0, 2: 0}}, "the traffic weights must not all be 0"),
+        ({"traffic": {1: -5}}, "traffic maps version numbers to weights"),
+        ({"default_version": "latest"}, "default_version is a version number"),
+    ],
+)
+def test_a_bad_default_or_split_is_an_error_naming_the_file(tmp_path: Path, keys: dict, message: str) -> None:
+    model_folder(tmp_path, "digits-cnn", keys, versions=(1, 2))
+    with pytest.raises(RepositoryError, match=message):
+        scan_repository(tmp_path)
+
+
+def test_a_loads_config_overrides_the_model_yaml(tmp_path: Path) -> None:
+    folder = model_folder(tmp_path, "digits-cnn", {"max_batch_size": 32, "versions": [1]}, versions=(1, 2))
+    model = read_model(folder, {"versions": [1, 2], "max_batch_size": 8})
+    plan = model.plan()
+    assert list(plan.versions) == ["1", "2"]
+    assert {c.max_batch_size for c in plan.versions.values()} == {8}
+    with pytest.raises(RepositoryError, match=r"the load's config: unknown keys \['bogus'\]"):
+        read_model(folder, {"bogus": 1})
+    with pytest.raises(RepositoryError, match="cannot be set here"):
+        read_model(folder, {"version": "3"})
 
 
 def test_a_listed_version_without_a_folder_is_an_error(tmp_path: Path) -> None:
     model_folder(tmp_path, "digits-cnn", {"versions": [3]}, versions=(1, 2))
     with pytest.raises(RepositoryError, match=r"versions \[3\] have no version folder; found \[1, 2\]"):
-        scan_repository(tmp_path).models["digits-cnn"].served_version()
+        scan_repository(tmp_path)
 
 
 @pytest.mark.parametrize("versions", ["newest", [0], ["x"], 2])
@@ -212,27 +246,23 @@ def test_a_bad_versions_value_is_an_error_naming_the_file(tmp_path: Path, versio
 def test_model_control_none_loads_every_repository_model_beside_the_config_models(tmp_path: Path) -> None:
     model_folder(tmp_path, "digits-cnn", versions=(1, 2))
     model_folder(tmp_path, "tabular-mlp")
-    config, repository = resolve_models(config_with(tmp_path, [{"name": "digits-transformer"}]))
+    plans, repository = startup_plans(config_with(tmp_path, [{"name": "digits-transformer"}]))
     assert repository is not None
-    assert [(m.name, m.version) for m in config.models] == [
-        ("digits-transformer", "1"),
-        ("digits-cnn", "2"),
-        ("tabular-mlp", "1"),
+    assert [(p.name, list(p.versions), p.in_repository) for p in plans] == [
+        ("digits-transformer", ["1"], False),
+        ("digits-cnn", ["2"], True),
+        ("tabular-mlp", ["1"], True),
     ]
-    assert all(entry.loaded for entry in catalog(config, repository))
 
 
 def test_model_control_explicit_loads_only_load_models(tmp_path: Path) -> None:
     model_folder(tmp_path, "digits-cnn", versions=(1, 2))
     model_folder(tmp_path, "tabular-mlp")
-    config, repository = resolve_models(
+    plans, repository = startup_plans(
         config_with(tmp_path, model_control="explicit", load_models=["tabular-mlp"])
     )
-    assert [m.name for m in config.models] == ["tabular-mlp"]
-    assert [(e.name, e.version, e.loaded) for e in catalog(config, repository)] == [
-        ("digits-cnn", "2", False),
-        ("tabular-mlp", "1", True),
-    ]
+    assert [p.name for p in plans] == ["tabular-mlp"]
+    assert repository is not None and sorted(repository.models) == ["digits-cnn", "tabular-mlp"]
     everything = ServerConfig(model_repository=tmp_path, model_control="explicit", load_models=["*"])
     assert served_models(everything, scan_repository(tmp_path)) == ["digits-cnn", "tabular-mlp"]
 
@@ -240,15 +270,13 @@ def test_model_control_explicit_loads_only_load_models(tmp_path: Path) -> None:
 def test_load_models_naming_a_model_not_in_the_repository_is_an_error(tmp_path: Path) -> None:
     model_folder(tmp_path, "digits-cnn")
     with pytest.raises(RepositoryError, match=r"load_models names \['nope'\].* holds \['digits-cnn'\]"):
-        resolve_models(config_with(tmp_path, model_control="explicit", load_models=["nope"]))
+        startup_plans(config_with(tmp_path, model_control="explicit", load_models=["nope"]))
 
 
-def test_nothing_to_serve_at_start_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(RepositoryError, match="nothing to serve at start"):
-        resolve_models(config_with(tmp_path))
+def test_explicit_control_may_start_with_nothing_loaded(tmp_path: Path) -> None:
     model_folder(tmp_path, "digits-cnn")
-    with pytest.raises(RepositoryError, match="nothing to serve at start"):
-        resolve_models(config_with(tmp_path, model_control="explicit"))
+    plans, repository = startup_plans(config_with(tmp_path, model_control="explicit"))
+    assert plans == [] and repository is not None  # models are loaded later through the repository API
 
 
 def test_a_name_both_under_models_and_in_the_repository_is_an_error(tmp_path: Path) -> None:
@@ -256,10 +284,11 @@ def test_a_name_both_under_models_and_in_the_repository_is_an_error(tmp_path: Pa
     with pytest.raises(
         RepositoryError, match=r"models \['digits-cnn'\] are both under models: and in the repository"
     ):
-        resolve_models(config_with(tmp_path, [{"name": "digits-cnn"}]))
+        startup_plans(config_with(tmp_path, [{"name": "digits-cnn"}]))
 
 
-def test_without_a_repository_the_config_is_unchanged() -> None:
-    config = HookserveConfig.model_validate({"models": [{"name": "digits-cnn"}]})
-    assert resolve_models(config) == (config, None)
-    assert [(e.name, e.loaded) for e in catalog(config, None)] == [("digits-cnn", True)]
+def test_without_a_repository_each_model_is_one_version() -> None:
+    config = HookserveConfig.model_validate({"models": [{"name": "digits-cnn", "version": "3"}]})
+    plans, repository = startup_plans(config)
+    assert repository is None
+    assert plans == [ModelPlan("digits-cnn", {"3": config.models[0]}, "3")]

@@ -47,7 +47,8 @@ class Harness:
         self.relaunched: list[tuple[str, int]] = []
         self.fatal: list[str] = []
         self.dead_pids: list[int] = []
-        self.states = WorkerStates({"m": 1})
+        self.states = WorkerStates(1)
+        self.states.assign(0, 1)
         self.supervisor = Supervisor(
             self.states,
             policy,
@@ -110,7 +111,7 @@ def test_a_dead_api_server_is_replaced_after_a_backoff_that_doubles_and_is_count
 def test_api_servers_that_die_too_often_make_the_service_exit(caplog) -> None:
     h = Harness()
     h.supervisor.watch_api_server(0, FakeProcess())
-    h.supervisor.watch_worker("m", 0, api=None, process=FakeProcess())
+    h.supervisor.watch_worker("m", 0, 0, api=None, process=FakeProcess())
     for _ in range(POLICY.max_restarts):
         h.kill("API server 0")
         h.advance(2.0)
@@ -134,15 +135,15 @@ def test_restarts_older_than_the_window_are_forgotten() -> None:
 
 def test_a_worker_that_dies_too_often_stays_down_and_the_service_keeps_running() -> None:
     h = Harness()
-    h.supervisor.watch_worker("m", 0, api=None, process=FakeProcess())
+    h.supervisor.watch_worker("m", 0, 0, api=None, process=FakeProcess())
     h.kill("m worker 0")
-    assert h.states.get("m", 0) == WorkerState.DOWN
+    assert h.states.get(0, 0) == WorkerState.DOWN
     h.advance(1.0)
-    assert h.states.get("m", 0) == WorkerState.STARTING and h.relaunched == [("worker", 0)]
+    assert h.states.get(0, 0) == WorkerState.STARTING and h.relaunched == [("worker", 0)]
     h.kill("m worker 0")
     h.advance(2.0)
     h.kill("m worker 0")
-    assert h.states.get("m", 0) == WorkerState.FAILED
+    assert h.states.get(0, 0) == WorkerState.FAILED
     assert h.fatal == [] and h.supervisor.fatal is None
     h.advance(60)
     assert len(h.relaunched) == 2
@@ -151,12 +152,12 @@ def test_a_worker_that_dies_too_often_stays_down_and_the_service_keeps_running()
 def test_nothing_is_restarted_during_a_drain() -> None:
     h = Harness(draining=True)
     h.supervisor.watch_api_server(0, FakeProcess())
-    h.supervisor.watch_worker("m", 0, api=None, process=FakeProcess())
+    h.supervisor.watch_worker("m", 0, 0, api=None, process=FakeProcess())
     h.kill("API server 0")
     h.kill("m worker 0")
     h.advance(10)
     assert h.relaunched == [] and h.fatal == []
-    assert h.states.get("m", 0) == WorkerState.DOWN
+    assert h.states.get(0, 0) == WorkerState.DOWN
 
 
 def test_stop_ends_supervision_but_the_thread_lives_on_for_the_parent_death_signal() -> None:
@@ -172,6 +173,6 @@ def test_stop_ends_supervision_but_the_thread_lives_on_for_the_parent_death_sign
 
 
 def test_an_api_server_cannot_be_watched_without_a_way_to_relaunch_it() -> None:
-    supervisor = Supervisor(WorkerStates({"m": 1}), POLICY, relaunch_worker=lambda *a: None)
+    supervisor = Supervisor(WorkerStates(1), POLICY, relaunch_worker=lambda *a: None)
     with pytest.raises(ValueError, match="relaunch an API server"):
         supervisor.watch_api_server(0, FakeProcess())
