@@ -69,7 +69,7 @@ def worker_call(
 ) -> Callable[[], object]:
     """``ModelWorker.predict`` for one batch (and ``after_replies``' shadow)."""
     device = torch.device("cpu")
-    forward_child = MODEL_FORWARD.labels(name)
+    forward_child = MODEL_FORWARD.labels(name, "1")
 
     def call() -> object:
         batch = x.to(device, non_blocking=True)

@@ -103,7 +103,6 @@ class _FrontedFastAPI(FastAPI):
 class CompatLitServer(ls.LitServer):
     """A LitServer whose worker monitoring, start-up check and stop are hookserve's."""
 
-
     def __init__(
         self,
         *,

@@ -85,7 +85,9 @@ class GrpcModel:
         for kind in ("inputs", "outputs"):
             for tensor in meta[kind]:
                 getattr(metadata, kind).add(**tensor)
-        return cls(settings, pipeline, RequestCounter(settings.model, PROTOCOL), metadata, unit)
+        return cls(
+            settings, pipeline, RequestCounter(settings.model, PROTOCOL, settings.version), metadata, unit
+        )
 
 
 class _Failed(Exception):

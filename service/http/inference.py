@@ -79,16 +79,17 @@ class Answer:
 class RequestCounter:
     """``hookserve_requests_total``, the duration histogram and the per-protocol count for one model."""
 
-    def __init__(self, model: str, protocol: str) -> None:
+    def __init__(self, model: str, protocol: str, version: str = "") -> None:
         self.model = model
+        self.version = version  # "" for requests that reached no served version (unknown model)
         self._by_code: dict[int, Any] = {}
-        self._duration = REQUEST_DURATION.labels(model)
-        self._protocol = PROTOCOL_REQUESTS.labels(model, protocol)
+        self._duration = REQUEST_DURATION.labels(model, version)
+        self._protocol = PROTOCOL_REQUESTS.labels(model, version, protocol)
 
     def record(self, status: int, seconds: float) -> None:
         child = self._by_code.get(status)
         if child is None:
-            child = self._by_code[status] = REQUESTS.labels(self.model, str(status))
+            child = self._by_code[status] = REQUESTS.labels(self.model, self.version, str(status))
         child.inc()
         self._protocol.inc()
         self._duration.observe(seconds)
@@ -197,7 +198,7 @@ class InferenceRoute(InferencePipeline):
         self, settings: RouteSettings, workers: ModelWorkers, gate: AdmissionGate, drain: DrainSwitch
     ) -> None:
         super().__init__(settings, workers, gate, drain)
-        self.counter = RequestCounter(settings.model, self.protocol)
+        self.counter = RequestCounter(settings.model, self.protocol, settings.version)
         self.tracer: RequestTracer | None = None  # set in each API server when tracing is on
 
     # -- the protocol's part

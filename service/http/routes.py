@@ -103,11 +103,7 @@ def add_routes(app: FastAPI, models: ServedModels, server: ServerConfig) -> None
 
     @app.get("/metrics", dependencies=protect_metrics, include_in_schema=False)
     async def metrics() -> Response:
-        in_flight: dict[str, int] = {}  # read at scrape time: no per-request gauge writes
-        for model in models.store.current().models.values():
+        for model in models.store.current().models.values():  # read at scrape time, not per request
             for served in model.versions.values():
-                gate = models.shared_gates[served.unit]
-                in_flight[model.name] = in_flight.get(model.name, 0) + gate.in_flight
-        for name, count in in_flight.items():
-            INFLIGHT.labels(name).set(count)
+                INFLIGHT.labels(model.name, served.version).set(models.shared_gates[served.unit].in_flight)
         return Response(render_latest(), media_type=METRICS_CONTENT_TYPE)

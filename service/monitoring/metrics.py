@@ -38,42 +38,44 @@ MODULE_BUCKETS = (0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.00
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 REQUESTS = Counter(
-    "hookserve_requests_total", "Prediction requests answered, by HTTP status code.", ["model", "code"]
+    "hookserve_requests_total",
+    "Prediction requests answered, by HTTP status code.",
+    ["model", "version", "code"],
 )
 PROTOCOL_REQUESTS = Counter(
     "hookserve_protocol_requests_total",
     "Inference requests answered, by protocol (v1: /v1/models/NAME:predict, v2: Open Inference Protocol, "
     "grpc: Open Inference Protocol over gRPC).",
-    ["model", "protocol"],
+    ["model", "version", "protocol"],
 )
 REQUEST_DURATION = Histogram(
     "hookserve_request_duration_seconds",
     "Time from a prediction request reaching the API server to its response, in seconds.",
-    ["model"],
+    ["model", "version"],
     buckets=LATENCY_BUCKETS,
 )
 QUEUE_WAIT = Histogram(
     "hookserve_queue_wait_seconds",
     "Time a request waited between the API server and the start of its batch, in seconds.",
-    ["model"],
+    ["model", "version"],
     buckets=LATENCY_BUCKETS,
 )
 BATCH_SIZE = Histogram(
     "hookserve_batch_size",
     "Instances per forward pass (after dynamic batching).",
-    ["model"],
+    ["model", "version"],
     buckets=BATCH_BUCKETS,
 )
 INFLIGHT = Gauge(
     "hookserve_inflight_requests",
     "Prediction requests admitted and not yet answered (queued or running), read at scrape time.",
-    ["model"],
+    ["model", "version"],
     multiprocess_mode="mostrecent",  # the shared admission count, the same from every API server
 )
 MODEL_FORWARD = Histogram(
     "hookserve_model_forward_seconds",
     "Wall time of one batched model(x) call, device-synchronized, in seconds.",
-    ["model"],
+    ["model", "version"],
     buckets=LATENCY_BUCKETS,
 )
 REJECTED = Counter(
@@ -125,48 +127,48 @@ PRECISION_AGREEMENT = Gauge(
 MODULE_FORWARD = Histogram(
     "hookserve_module_forward_seconds",
     "Forward time of one monitored module for one batch, in seconds.",
-    ["model", "module"],
+    ["model", "version", "module"],
     buckets=MODULE_BUCKETS,
 )
 ACTIVATION_MEAN = Gauge(
     "hookserve_activation_mean",
     "Mean of a module's output (last sampled batch).",
-    ["model", "module"],
+    ["model", "version", "module"],
     multiprocess_mode="mostrecent",
 )
 ACTIVATION_STD = Gauge(
     "hookserve_activation_std",
     "Standard deviation of a module's output (last sampled batch).",
-    ["model", "module"],
+    ["model", "version", "module"],
     multiprocess_mode="mostrecent",
 )
 ACTIVATION_MIN = Gauge(
     "hookserve_activation_min",
     "Minimum of a module's output (last sampled batch).",
-    ["model", "module"],
+    ["model", "version", "module"],
     multiprocess_mode="mostrecent",
 )
 ACTIVATION_MAX = Gauge(
     "hookserve_activation_max",
     "Maximum of a module's output (last sampled batch).",
-    ["model", "module"],
+    ["model", "version", "module"],
     multiprocess_mode="mostrecent",
 )
 ACTIVATION_ZERO_FRACTION = Gauge(
     "hookserve_activation_zero_fraction",
     "Fraction of exact zeros in a module's output (last sampled batch).",
-    ["model", "module"],
+    ["model", "version", "module"],
     multiprocess_mode="mostrecent",
 )
 ACTIVATION_NONFINITE = Counter(
     "hookserve_activation_nonfinite_total",
     "NaN or infinite values seen in a module's output.",
-    ["model", "module"],
+    ["model", "version", "module"],
 )
 ACTIVATION_DRIFT_PSI = Gauge(
     "hookserve_activation_drift_psi",
     "Population stability index of a module's output over the rolling window vs the calibration reference.",
-    ["model", "module"],
+    ["model", "version", "module"],
     multiprocess_mode="mostrecent",
 )
 FORWARD_BYPASS = Counter(

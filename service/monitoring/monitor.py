@@ -63,9 +63,11 @@ class ModelMonitor:
         *,
         reference: Reference | None = None,
         precision: str = "fp32",
+        version: str = "1",
     ) -> None:
         self.model = model
         self.model_name = model_name
+        self.version = version  # the served version: request and module series carry it
         self.config = config or MonitorConfig()
         self.device = torch.device(device) if device is not None else _model_device(model)
         self._cuda = self.device.type == "cuda"
@@ -142,7 +144,7 @@ class ModelMonitor:
         if not self.config.enabled:
             return self.handle
         self._dispatch_s = hooks.hook_dispatch_seconds()
-        self._publisher = self._publisher or Publisher(self.model_name, self.module_names)
+        self._publisher = self._publisher or Publisher(self.model_name, self.module_names, self.version)
         if self._drift is None and self.probes:  # a re-attach keeps the window it had
             args = self.model, self.model_name, self.config.drift, self.module_names, self.device
             self._drift = load_tracker(*args, self._reference)
@@ -371,7 +373,7 @@ class ModelMonitor:
     def count_origin(self, module: str) -> None:
         """Count one request whose non-finite output started at ``module``."""
         if self._publisher is None:  # never attached (monitoring disabled): bind the children now
-            self._publisher = Publisher(self.model_name, self.module_names)
+            self._publisher = Publisher(self.model_name, self.module_names, self.version)
         self._publisher.count_origin(module)
 
     # --- internals ---------------------------------------------------------------------------------

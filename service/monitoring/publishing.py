@@ -23,9 +23,9 @@ from service.monitoring.stats import STAT_NAMES, summarize
 class Publisher:
     """The model's metric children, bound once."""
 
-    def __init__(self, model_name: str, modules: list[str]) -> None:
-        self.latency = [metrics.MODULE_FORWARD.labels(model_name, m) for m in modules]
-        self.nonfinite = [metrics.ACTIVATION_NONFINITE.labels(model_name, m) for m in modules]
+    def __init__(self, model_name: str, modules: list[str], version: str = "1") -> None:
+        self.latency = [metrics.MODULE_FORWARD.labels(model_name, version, m) for m in modules]
+        self.nonfinite = [metrics.ACTIVATION_NONFINITE.labels(model_name, version, m) for m in modules]
         gauges = (
             metrics.ACTIVATION_MEAN,
             metrics.ACTIVATION_STD,
@@ -34,10 +34,10 @@ class Publisher:
             metrics.ACTIVATION_ZERO_FRACTION,
         )
         assert len(gauges) == len(STAT_NAMES)
-        self.stats = [[gauge.labels(model_name, m) for gauge in gauges] for m in modules]
+        self.stats = [[gauge.labels(model_name, version, m) for gauge in gauges] for m in modules]
         # Bound on first value: a PSI series reading 0 before the window is full would say "no drift".
         self.psi: list[Gauge | None] = [None] * len(modules)
-        self._model_name, self._modules = model_name, modules
+        self._model_name, self._modules, self._version = model_name, modules, version
         self.bypass = metrics.FORWARD_BYPASS.labels(model_name)
         self.training_resets = metrics.TRAINING_MODE_RESETS.labels(model_name)
         self.overhead = metrics.MONITOR_OVERHEAD.labels(model_name)
@@ -52,7 +52,7 @@ class Publisher:
         child = self.psi[index]
         if child is None:
             child = self.psi[index] = metrics.ACTIVATION_DRIFT_PSI.labels(
-                self._model_name, self._modules[index]
+                self._model_name, self._version, self._modules[index]
             )
         child.set(value)
 

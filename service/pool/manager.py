@@ -85,7 +85,11 @@ class ModelManager:
         for served in units:
             self.pool.start(self.make_worker(served.config, served.unit), served.config.workers)
         for served in units:
-            self.pool.wait_ready(served.unit, self.server.model_load_timeout_s)
+            try:
+                self.pool.wait_ready(served.unit, self.server.model_load_timeout_s)
+            except StartFailed as exc:
+                config = served.config
+                raise StartFailed(f"{config.name} version {config.version} failed to start: {exc}") from None
 
     # -- live changes (the control channel's thread)
     def load(self, name: str, config_json: str | None = None) -> Outcome:

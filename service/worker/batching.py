@@ -73,8 +73,9 @@ class BatchRunner:
         self.runner = runner
         self.tracer = tracer
         self.model_name = runner.model_name
-        self._queue_wait = QUEUE_WAIT.labels(runner.model_name)
-        self._batch_size = BATCH_SIZE.labels(runner.model_name)
+        version = runner.config.version
+        self._queue_wait = QUEUE_WAIT.labels(runner.model_name, version)
+        self._batch_size = BATCH_SIZE.labels(runner.model_name, version)
 
     def run_batch(self, requests: list[InferRequest]) -> list[InferReply]:
         """One reply per request, in order: 504 for the expired, else the model's answer or error."""

@@ -35,7 +35,9 @@ def attach_monitor(config: ModelServeConfig, model: ServableModel, device: torch
         return None
     from service.monitoring.monitor import ModelMonitor
 
-    monitor = ModelMonitor(model, config.name, config.monitoring, device, precision=config.precision)
+    monitor = ModelMonitor(
+        model, config.name, config.monitoring, device, precision=config.precision, version=config.version
+    )
     monitor.attach()
     return monitor
 
@@ -57,7 +59,7 @@ class ModelRunner:
         self.model = model
         self.device = device
         self.monitor = monitor
-        self._forward_seconds = MODEL_FORWARD.labels(config.name)
+        self._forward_seconds = MODEL_FORWARD.labels(config.name, config.version)
         self._observe_cost = observe_cost
         self._shadow_input: tuple[torch.Tensor, torch.Tensor] | None = None  # (x, output) to shadow
         self._shadow_failed = False
