@@ -31,7 +31,13 @@ from service.http.worker_client import WorkerUnavailable
 from service.pool.table import ServedModel, ServedVersion
 
 ROOT = Path(__file__).resolve().parent.parent
-STUBS = ["grpc_predict_v2_pb2.py", "grpc_predict_v2_pb2.pyi", "grpc_predict_v2_pb2_grpc.py"]
+STUBS = [
+    "grpc_predict_v2_pb2.py",
+    "grpc_predict_v2_pb2.pyi",
+    "grpc_predict_v2_pb2_grpc.py",
+    "triton_repository_pb2.py",
+    "triton_repository_pb2.pyi",
+]
 SETTINGS = RouteSettings(
     model="m",
     version="1",

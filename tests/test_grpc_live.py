@@ -157,8 +157,7 @@ def test_binary_inference_equals_rest_v2_and_the_model(
         ("too_many", "INVALID_ARGUMENT", "must hold 1 to 64 items"),
         ("unknown_model", "NOT_FOUND", "'no-such-model' is not served"),
         ("unknown_version", "NOT_FOUND", "no version '7'"),
-        ("repository_index", "UNIMPLEMENTED", "not served yet"),
-        ("repository_load", "UNIMPLEMENTED", "not served yet"),
+        ("repository_load", "PERMISSION_DENIED", "explicit model load / unload is not allowed"),
     ],
 )
 def test_client_mistakes_get_their_grpc_code_and_a_clear_message(
@@ -166,6 +165,13 @@ def test_client_mistakes_get_their_grpc_code_and_a_clear_message(
 ) -> None:
     assert basics[case]["code"] == code
     assert says in basics[case]["message"]
+
+
+def test_the_repository_index_answers_with_tritons_messages(basics: dict) -> None:
+    models = basics["repository_index"]["models"]
+    assert {"name": "digits-cnn", "version": "1", "state": "READY"} in [
+        {k: m.get(k) for k in ("name", "version", "state")} for m in models
+    ]
 
 
 def test_grpc_requests_are_counted_by_protocol_and_status(basics: dict) -> None:

@@ -10,6 +10,7 @@ version, a failed load that leaves the serving version serving, and an unload th
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -25,7 +26,7 @@ import tritonclient.http as triton
 import yaml
 from tritonclient.utils import InferenceServerException
 
-from benchmarks.servers import ServerProcess, free_port
+from benchmarks.servers import REPO_ROOT, ServerProcess, free_port
 from models.checkpoint import load_pretrained, save_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -55,12 +56,14 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(repository: Path, tmp_path_factory: pytest.TempPathFactory):
     workdir = tmp_path_factory.mktemp("lifecycle")
     port = free_port()
+    grpc_port = free_port()
     config = workdir / "server.yaml"
-    write_yaml(config, {"server": {"api_servers": 2, "shutdown_grace_s": 2, "grpc_port": None}})
+    write_yaml(config, {"server": {"api_servers": 2, "shutdown_grace_s": 2, "grpc_port": grpc_port}})
     command = [sys.executable, "-m", "service", "serve", "--config", str(config), "--port", str(port)]
     command += ["--model-repository", str(repository), "--model-control", "explicit"]
     command += ["--load-model", "digits-cnn"]
     process = ServerProcess(f"lifecycle-{port}", command, port, workdir / "server.log")
+    process.grpc_port = grpc_port
     process.start()
     if not process.wait_ready(180.0):
         raise RuntimeError(f"hookserve did not become ready: {process.failure}")
@@ -203,7 +206,7 @@ def test_a_failed_load_leaves_the_serving_versions_serving(
     server: ServerProcess, client: triton.InferenceServerClient
 ) -> None:
     load(client, "digits-cnn", versions=[1])
-    with pytest.raises(InferenceServerException, match="failed to load 'digits-cnn'.*does not exist"):
+    with pytest.raises(InferenceServerException, match=r"failed to load 'digits-cnn'.*does not exist"):
         load(client, "digits-cnn", versions=[1], checkpoint="missing.safetensors")
     with pytest.raises(InferenceServerException, match="is not in the repository"):
         load(client, "no-such-model")
@@ -211,3 +214,32 @@ def test_a_failed_load_leaves_the_serving_versions_serving(
     assert index(client)[("digits-cnn", "1")] == ("READY", "")
     metrics = requests.get(f"{server.base_url}/metrics", timeout=5).text
     assert 'hookserve_model_load_failures_total{model="digits-cnn"} 1.0' in metrics
+
+
+def test_tritonclient_grpc_drives_the_repository(server: ServerProcess) -> None:
+    """Triton's repository methods over gRPC (Triton's message numbering), from tritonclient.grpc in its
+    own venv (its stubs and hookserve's cannot share a process)."""
+    triton_python = REPO_ROOT / ".venv-triton" / "bin" / "python"
+    assert triton_python.exists(), "run scripts/setup.sh triton (scripts/test.sh does) to make .venv-triton"
+    client = REPO_ROOT / "tests" / "clients" / "triton_grpc_check.py"
+    result = subprocess.run(
+        [str(triton_python), str(client), f"127.0.0.1:{server.grpc_port}", "lifecycle", "tabular-mlp"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    entry = {"name": "tabular-mlp", "version": "1"}
+    assert {**entry, "state": "UNAVAILABLE", "reason": "not loaded"} in seen["index_before"]
+    assert seen["ready_before"]["code"] == "NOT_FOUND"  # not served: unknown to inference
+    assert seen["load"] is None and seen["ready_after_load"] is True
+    assert seen["infer_after_load"] == [2, 2]
+    assert seen["reload"] is None
+    assert seen["bad_load"]["code"] == "INVALID_ARGUMENT"
+    assert "unknown keys ['no_such_key']" in seen["bad_load"]["message"]
+    assert seen["infer_after_bad_load"] == [2, 2], "a failed load leaves the serving version serving"
+    assert {**entry, "state": "READY", "reason": ""} in seen["index_loaded"]
+    assert seen["unload"] is None
+    assert seen["infer_after_unload"]["code"] == "NOT_FOUND"
+    assert {**entry, "state": "UNAVAILABLE", "reason": "unloaded"} in seen["index_after"]

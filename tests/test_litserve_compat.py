@@ -165,7 +165,13 @@ def test_7_the_front_router_answers_first_and_passes_the_rest_to_fastapi() -> No
 def test_8_litserve_forks_api_servers_over_one_socket_bound_before_the_fork() -> None:
     params = list(inspect.signature(ls.LitServer._start_server).parameters)
     assert params == [
-        "self", "port", "num_uvicorn_servers", "log_level", "sockets", "uvicorn_worker_type", "kwargs"
+        "self",
+        "port",
+        "num_uvicorn_servers",
+        "log_level",
+        "sockets",
+        "uvicorn_worker_type",
+        "kwargs",
     ]
     assert "self._start_server(\n                port, num_api_servers, log_level, sockets," in run_source()
     assert "sockets = [config.bind_socket()]" in run_source(), "one listening socket, bound before the fork"

@@ -20,7 +20,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from service.grpc.endpoint import GrpcEndpoint
 from service.grpc.proto import grpc_predict_v2_pb2_grpc as pb_grpc
-from service.grpc.service import SERVICE_NAME, InferenceService, repository_index_handler
+from service.grpc.repository import RepositoryMethods
+from service.grpc.service import SERVICE_NAME, InferenceService
 
 if TYPE_CHECKING:
     from service.http.route_table import RouteTable
@@ -62,6 +63,25 @@ class ReadinessHealth(health.aio.HealthServicer):
             await asyncio.sleep(HEALTH_REFRESH_S)
 
 
+class _HandlerCapture:
+    """Stands in for a server to collect the generated code's method handlers for the V2 servicer."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: tuple) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self.handlers.update(handlers)
+
+
+def servicer_handlers(service: InferenceService) -> dict[str, grpc.RpcMethodHandler]:
+    capture = _HandlerCapture()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(service, capture)
+    return capture.handlers
+
+
 class GrpcEdge:
     """A started ``grpc.aio`` server and its health refresher; :meth:`stop` ends both."""
 
@@ -86,6 +106,7 @@ async def start_grpc(
     version: str,
     api_key: bytes | None,
     max_message: int,
+    repository: RepositoryMethods,
     tracer: RequestTracer | None = None,
 ) -> GrpcEdge:
     """Serve gRPC on ``endpoint`` from this process's event loop, beside its HTTP routes (``routes``, the
@@ -98,8 +119,9 @@ async def start_grpc(
     )
     service = InferenceService(routes, unit_ready, server_ready, version, api_key)
     service.tracer = tracer
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)
-    server.add_generic_rpc_handlers((repository_index_handler(),))
+    handlers = {**servicer_handlers(service), **repository.method_handlers()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
     readiness = ReadinessHealth(server_ready, routes, unit_ready)
     health_pb2_grpc.add_HealthServicer_to_server(readiness, server)
     server.add_insecure_port(endpoint.address)  # raises RuntimeError when it cannot bind

@@ -52,7 +52,6 @@ CODES = {
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
-NOT_YET = "the model repository extension is not served yet: models are fixed by the server's config"
 AUTH_MESSAGE = "missing or invalid API key: send the metadata 'authorization: Bearer <key>'"
 
 
@@ -211,13 +210,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             logger.exception("gRPC request %s to %s failed in the API server", request_id, name)
             raise _Failed(500, "internal server error") from None
 
-    # -- the repository extension: not yet
-    async def RepositoryModelLoad(self, request, context) -> pb.RepositoryModelLoadResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, NOT_YET)
-
-    async def RepositoryModelUnload(self, request, context) -> pb.RepositoryModelUnloadResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, NOT_YET)
-
     # -- helpers
     def _model(self, name: str, version: str, request_id: str = "") -> GrpcModel:
         """The served version a call names, or the one its model's split picks (by request id)."""
@@ -271,15 +263,3 @@ def request_id_of(context) -> str:
     """The client's ``x-request-id`` when it is sane (printable ASCII, at most 128 bytes), else a new one."""
     given = metadata_value(context, "x-request-id")
     return sane_request_id(given.encode(errors="replace") if given else None)
-
-
-async def repository_index(request: bytes, context) -> bytes:
-    """``RepositoryIndex`` (Triton's proto has it, KServe's does not): answered, not served yet."""
-    await context.abort(grpc.StatusCode.UNIMPLEMENTED, NOT_YET)
-    return b""
-
-
-def repository_index_handler() -> grpc.GenericRpcHandler:
-    """Serves ``RepositoryIndex`` as raw bytes, so Triton clients get a message rather than 'not found'."""
-    handler = grpc.unary_unary_rpc_method_handler(repository_index)
-    return grpc.method_handlers_generic_handler(SERVICE_NAME, {"RepositoryIndex": handler})

@@ -84,10 +84,12 @@ class FrontRouter:
         self._grpc: Any = None  # service.grpc.server.GrpcEdge once started
 
     def refresh(self) -> None:
-        """Route by the newest serving table, and say so to the main process."""
+        """Route by the newest serving table, and say so to the main process. The table is adopted only
+        once the routes follow it: a failure here is retried by the next request, not forgotten."""
         table = self.store.current()
         self.table.update(table)
         self.routes = {**self.table.paths, **self.fixed}
+        self.store.adopt(table)
         self.store.acknowledge(table.generation)
 
     @property
@@ -193,12 +195,14 @@ class FrontRouter:
             await pool.connect_missing()
         self._maintainer = asyncio.create_task(self._maintain(), name="routes-and-links")
         if self.plan.grpc is not None:
+            from service.grpc.repository import RepositoryMethods
             from service.grpc.server import start_grpc  # grpc loads after the fork, in API servers only
 
             server = self.plan.server
+            repository = RepositoryMethods(self.plan.repository, self.store, self.states)
             self._grpc = await start_grpc(
                 self.plan.grpc, self.table, self.states.unit_ready, self.ready, hookserve_version(),
-                server.api_key, server.max_body_bytes, request_tracer,
+                server.api_key, server.max_body_bytes, repository, request_tracer,
             )  # fmt: skip
 
     async def _stop(self) -> None:
@@ -215,10 +219,13 @@ class FrontRouter:
         """Forever: follow the serving table (an idle server too), and connect to workers as they
         become ready (at start-up, after a restart, after a load)."""
         while True:
-            if self.store.changed:
-                self.refresh()
-            for pool in list(self.table.pools.values()):
-                await pool.connect_missing()
+            try:
+                if self.store.changed:
+                    self.refresh()
+                for pool in list(self.table.pools.values()):
+                    await pool.connect_missing()
+            except Exception:  # a bug: logged, and the next round tries again (this task must not end)
+                logger.exception("following the serving table failed")
             await asyncio.sleep(RECONNECT_INTERVAL_S)
 
 

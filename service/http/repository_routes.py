@@ -26,7 +26,7 @@ from service.http.errors import ClientError, request_id_of, send_error
 from service.http.middleware import read_body
 from service.http.v2 import Handler
 from service.pool.control import call_control
-from service.pool.table import ModelStatus, TableStore
+from service.pool.table import TableStore
 from service.worker_states import WorkerState, WorkerStates
 
 INDEX_PATH = "/v2/repository/index"
@@ -121,22 +121,7 @@ class RepositoryRoutes:
 
     async def index(self, scope: Scope, receive: Receive) -> list[dict]:
         body = await read_body(scope, receive, self.settings.max_body_bytes)
-        only_ready = _ready_filter(body)
-        table = self.store.current()
-        entries = []
-        for name in sorted(table.catalog):
-            for status in table.catalog[name]:
-                state, reason = self._state(status, table.models.get(name))
-                if only_ready and state != "READY":
-                    continue
-                entries.append({"name": name, "version": status.version, "state": state, "reason": reason})
-        return entries
-
-    def _state(self, status: ModelStatus, model: object) -> tuple[str, str]:
-        served = getattr(model, "versions", {}).get(status.version)
-        if status.state == "READY" and served is not None:
-            return served_state(served.unit, self.states)
-        return status.state, status.reason
+        return index_entries(self.store, self.states, only_ready=_ready_filter(body))
 
     async def _control(self, scope: Scope, receive: Receive) -> dict:
         body = await read_body(scope, receive, self.settings.max_body_bytes)
@@ -144,12 +129,35 @@ class RepositoryRoutes:
         if not name or "/" in name:
             raise ClientError(404, f"{scope['path']} names no model")
         config = _load_config(body) if action == "load" else None
-        if self.settings.model_control == "none":
-            raise ClientError(403, CONTROL_DISABLED)
-        outcome = await call_control(action, name, config)
-        if outcome.status != 200:
-            raise ClientError(outcome.status, outcome.error)
+        await control(self.settings.model_control, action, name, config)
         return {}
+
+
+def index_entries(store: TableStore, states: WorkerStates, only_ready: bool = False) -> list[dict]:
+    """The repository index, one entry per version (HTTP and gRPC answer the same)."""
+    table = store.current()
+    entries = []
+    for name in sorted(table.catalog):
+        model = table.models.get(name)
+        for status in table.catalog[name]:
+            served = model.versions.get(status.version) if model is not None else None
+            if status.state == "READY" and served is not None:
+                state, reason = served_state(served.unit, states)
+            else:
+                state, reason = status.state, status.reason
+            if only_ready and state != "READY":
+                continue
+            entries.append({"name": name, "version": status.version, "state": state, "reason": reason})
+    return entries
+
+
+async def control(model_control: str, action: str, name: str, config: str | None = None) -> None:
+    """Load or unload ``name`` through the main process; a :class:`ClientError` says why not."""
+    if model_control == "none":
+        raise ClientError(403, CONTROL_DISABLED)
+    outcome = await call_control(action, name, config)
+    if outcome.status != 200:
+        raise ClientError(outcome.status, outcome.error)
 
 
 def _load_config(body: bytes) -> str | None:

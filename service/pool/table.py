@@ -96,7 +96,8 @@ class TableStore:
         self._lock = ctx.Lock()
         self._ack_pid = ctx.RawArray("i", MAX_API_SERVERS)
         self._ack_generation = ctx.RawArray("q", MAX_API_SERVERS)
-        self._table: ServingTable | None = None  # this process's copy
+        self._latest: ServingTable | None = None  # the newest table this process has read
+        self._adopted = -1  # the generation this process's routes follow (FrontRouter adopts it)
         self._ack_slot: int | None = None
 
     @staticmethod
@@ -109,7 +110,7 @@ class TableStore:
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(pickle.dumps(table, protocol=pickle.HIGHEST_PROTOCOL))
         tmp.replace(path)
-        self._table = table
+        self._latest = table
         self._generation.value = table.generation
 
     def wait_acknowledged(
@@ -129,16 +130,20 @@ class TableStore:
 
     # -- every API server
     def current(self) -> ServingTable:
-        """This process's copy, re-read when the main process has published a newer one."""
-        table = self._table
+        """The newest published table (read again only when the main process has published one)."""
+        table = self._latest
         if table is None or table.generation != self._generation.value:
-            table = self._table = pickle.loads(self._path().read_bytes())
+            table = self._latest = pickle.loads(self._path().read_bytes())
         return table
+
+    def adopt(self, table: ServingTable) -> None:
+        """This process's routes follow ``table`` now (the router says so, once they do)."""
+        self._adopted = table.generation
 
     @property
     def changed(self) -> bool:
-        """Cheap (one shared read): has a newer table been published than this process's copy?"""
-        return self._table is None or self._table.generation != self._generation.value
+        """Cheap (one shared read): has a newer table been published than the routes follow?"""
+        return self._adopted != self._generation.value
 
     def acknowledge(self, generation: int) -> None:
         """Say that this API server now routes by ``generation``."""

@@ -118,6 +118,35 @@ def deadline(client: triton.InferenceServerClient, model: str, client_timeout_s:
     return {"server_deadline": infer(), "client_deadline": infer(client_timeout=client_timeout_s)}
 
 
+def lifecycle(client: triton.InferenceServerClient, model: str) -> dict:
+    """Triton's repository methods on a server with explicit model control: load, infer, reload, unload."""
+
+    def index() -> list[dict]:
+        entries = client.get_model_repository_index(as_json=True).get("models", [])
+        return [{k: entry.get(k, "") for k in ("name", "version", "state", "reason")} for entry in entries]
+
+    x = np.zeros((2, 30), np.float32)
+
+    def infer() -> Any:
+        return outcome(lambda: client.infer(model, [tensor(x)]).as_numpy("probabilities").shape)
+
+    seen: dict[str, Any] = {
+        "index_before": index(),
+        "ready_before": outcome(lambda: client.is_model_ready(model)),
+    }
+    seen["load"] = outcome(lambda: client.load_model(model))
+    seen["ready_after_load"] = client.is_model_ready(model)
+    seen["infer_after_load"] = infer()
+    seen["reload"] = outcome(lambda: client.load_model(model, config=json.dumps({"max_batch_size": 8})))
+    seen["bad_load"] = outcome(lambda: client.load_model(model, config=json.dumps({"no_such_key": 1})))
+    seen["infer_after_bad_load"] = infer()
+    seen["index_loaded"] = index()
+    seen["unload"] = outcome(lambda: client.unload_model(model))
+    seen["infer_after_unload"] = infer()
+    seen["index_after"] = index()
+    return seen
+
+
 def main(argv: list[str]) -> dict:
     address, check, *args = argv
     client = triton.InferenceServerClient(address)
@@ -125,6 +154,8 @@ def main(argv: list[str]) -> dict:
         return basics(client, np.load(args[0]))
     if check == "auth":
         return auth(client, np.load(args[0]), args[1])
+    if check == "lifecycle":
+        return lifecycle(client, args[0])
     if check == "deadline":
         return deadline(client, args[0], float(args[1]), args[2])
     raise SystemExit(f"unknown check {check!r}")
