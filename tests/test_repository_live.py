@@ -142,12 +142,14 @@ def test_explicit_model_control_loads_only_load_models(repository: Path, tmp_pat
     try:
         client = triton.InferenceServerClient(url=server.base_url.removeprefix("http://"))
         assert client.get_model_repository_index(headers=bearer(ADMIN)) == [
-            {"name": "digits-cnn", "version": "2", "state": "UNAVAILABLE", "reason": "not loaded at start"},
+            {"name": "digits-cnn", "version": "2", "state": "UNAVAILABLE", "reason": "not loaded"},
             {"name": "tabular-mlp", "version": "1", "state": "READY", "reason": ""},
         ]
         assert not client.is_model_ready("digits-cnn", headers=bearer(INFERENCE))
-        with pytest.raises(InferenceServerException, match="not built yet") as later:
-            client.load_model("digits-cnn", headers=bearer(ADMIN))
-        assert later.value.status() == "501"
+        with pytest.raises(InferenceServerException, match="inference key does not open") as refused:
+            client.load_model("digits-cnn", headers=bearer(INFERENCE))
+        assert refused.value.status() == "403"
+        client.load_model("digits-cnn", headers=bearer(ADMIN))  # live: version 2, the latest
+        assert client.is_model_ready("digits-cnn", headers=bearer(INFERENCE))
     finally:
         assert server.stop(grace_s=20) == 0

@@ -127,7 +127,7 @@ def test_a_killed_worker_is_restarted_while_other_models_serve_without_error(ser
     assert predict(server, "digits-cnn", DIGIT).status_code == 200
     assert restarts(server, "digits-cnn") == before + 1
     assert recovered < 60
-    assert "digits-cnn worker 0" in server.log() and "died with exit code -9" in server.log()
+    assert "digits-cnn v1 worker 0" in server.log() and "died with exit code -9" in server.log()
 
 
 def test_requests_in_flight_on_a_dying_worker_get_a_prompt_503(server: ServerProcess) -> None:
