@@ -1,12 +1,15 @@
-"""What tracing costs when served: req/s and p50 with tracing off, sampling 1 % and sampling 100 %.
+"""What tracing costs when served: req/s and latency with tracing off, and on at 0 %, 1 % and 100 %.
 
 ``python -m benchmarks.tracing_cost [--model tiny] [--concurrency 32] [--duration 8] [--repeats 3]``
 
-Three hookserve servers (1 API server, 1 worker, monitoring on) serve the same model, one per mode; the
+Four hookserve servers (1 API server, 1 worker, monitoring on) serve the same model, one per mode; the
 traced ones export OTLP/HTTP to a sink in its own process that answers without decoding (a collector
 runs elsewhere; decoding here would take the 2 cores from the servers measured). Windows rotate
-through the modes (off, 1 %, 100 %, off, ...) so each sees the same machine; the table shows medians
-and each mode's ratio to "off". Run it on a quiet machine.
+through the modes, each cycle starting one mode later (no mode always follows another, e.g. the 100 %
+one still exporting), so each sees the same machine; the table shows medians, each mode's ratio to
+"off" (the median of the cycles' ratios), and the CPU time per request of the API server and the
+worker (less sensitive to a busy machine than req/s). "0 %" is tracing on with nothing sampled: the cost of
+being ready to trace. Run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from benchmarks.loadgen import run_load, write_bodies
 from benchmarks.servers import REPO_ROOT, HookserveSettings, free_port, start_hookserve
 
 PLUGINS = REPO_ROOT / "benchmarks" / "peers" / "servers"
-MODES = {"off": None, "1%": 0.01, "100%": 1.0}
+MODES = {"off": None, "0%": 0.0, "1%": 0.01, "100%": 1.0}
 RECEIVER = """
 import sys, time
 from benchmarks.otlp_receiver import OtlpReceiver
@@ -82,28 +85,46 @@ def main(argv: list[str] | None = None) -> int:
         x = np.random.default_rng(0).standard_normal((1, *shape), dtype=np.float32)
         bodies = write_bodies([orjson.dumps({"instances": x.tolist()})], workdir)
         results: dict[str, list] = {mode: [] for mode in MODES}
+        cpu: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
         for server in servers.values():  # warm-up
             run_load(server.predict_url, bodies, args.concurrency, 2)
-        for _ in range(args.repeats):
-            for mode, server in servers.items():
-                results[mode].append(run_load(server.predict_url, bodies, args.concurrency, args.duration))
+        modes = list(servers)
+        for cycle in range(args.repeats):  # each cycle starts one mode later: none always follows another
+            for mode in modes[cycle % len(modes) :] + modes[: cycle % len(modes)]:
+                server = servers[mode]
+                before = server.cpu_seconds()
+                result = run_load(server.predict_url, bodies, args.concurrency, args.duration)
+                results[mode].append(result)
+                cpu[mode].append(cpu_per_request(before, server.cpu_seconds(), result.requests))
                 time.sleep(0.5)
     finally:
         for server in servers.values():
             server.stop()
         receiver.kill()
-    base = statistics.median(r.ok_per_s for r in results["off"])
-    windows = f"{args.repeats} x {args.duration:g} s windows (medians)"
+    windows = f"{args.repeats} x {args.duration:g} s windows (medians; x off: of each cycle's ratio)"
     print(f"model {args.model}, {args.concurrency} clients, {windows}")
-    print("| tracing | req/s | x off | p50 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|---|")
+    print("| tracing | req/s | x off | p50 ms | p99 ms | errors | API CPU us/req | worker CPU us/req |")
+    print("|---|---|---|---|---|---|---|---|")
     for mode, windows in results.items():
         rate = statistics.median(r.ok_per_s for r in windows)
+        ratio = statistics.median(
+            r.ok_per_s / off.ok_per_s for r, off in zip(windows, results["off"], strict=True) if off.ok_per_s
+        )
         p50 = statistics.median(r.p50_ms for r in windows)
         p99 = statistics.median(r.p99_ms for r in windows)
         errors = sum(r.errors for r in windows)
-        print(f"| {mode} | {rate:,.0f} | {rate / base:.3f} | {p50:.2f} | {p99:.2f} | {errors} |")
+        api = statistics.median(c.get("api", 0.0) for c in cpu[mode])
+        worker = statistics.median(c.get("worker", 0.0) for c in cpu[mode])
+        print(
+            f"| {mode} | {rate:,.0f} | {ratio:.3f} | {p50:.2f} | {p99:.2f} | {errors} "
+            f"| {api:.1f} | {worker:.1f} |"
+        )
     return 0
+
+
+def cpu_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:
+    """Microseconds of CPU per answered request, by process role, over one window."""
+    return {role: (after[role] - before.get(role, 0.0)) / max(requests, 1) * 1e6 for role in after}
 
 
 if __name__ == "__main__":

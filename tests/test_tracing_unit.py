@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client import REGISTRY
 
-from service.tracing.export import CountingBatchProcessor
+from service.tracing import otlp_wire
+from service.tracing.context import new_span_id, new_trace_id
+from service.tracing.export import SpanExport
+from service.tracing.request_spans import RequestTracer
 from service.tracing.settings import TracingConfig, resolve
 
 DROPPED = "hookserve_trace_spans_dropped_total"
@@ -46,68 +48,79 @@ def test_the_standard_sampler_variables_set_the_ratio_and_whether_parents_decide
     assert sampling(OTEL_TRACES_SAMPLER="traceidratio", OTEL_TRACES_SAMPLER_ARG="lots") == (1.0, False)
 
 
+class Sender:
+    """Stands in for the OTLP/HTTP post: keeps what it is given, answers ``result``, or hangs on ``gate``."""
+
+    def __init__(self, result: bool = True, gate: threading.Event | None = None) -> None:
+        self.result = result
+        self.gate = gate
+        self.requests: list[bytes] = []
+
+    def __call__(self, data: bytes) -> bool:
+        if self.gate is not None:
+            self.gate.wait(10)
+        self.requests.append(data)
+        return self.result
+
+    def spans(self) -> list:
+        return [span for data in self.requests for span in decode(data)]
+
+
+def decode(data: bytes) -> list:
+    request = ExportTraceServiceRequest.FromString(data)
+    return [span for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans]
+
+
+def span_export(sender: Sender, max_queued: int = 1000) -> SpanExport:
+    resource = otlp_wire.attributes({"service.name": "test"}, number=1)
+    return SpanExport(sender, resource, otlp_wire.scope("test"), max_queued, interval_s=3600)
+
+
+def encoded_spans(count: int) -> list[bytes]:
+    trace_id, name = new_trace_id(), otlp_wire.name_field("s")
+    return [
+        otlp_wire.span(trace_id, new_span_id(), None, name, otlp_wire.INTERNAL, i, i + 1)
+        for i in range(count)
+    ]
+
+
 def test_the_head_decision_follows_a_valid_parent_and_samples_the_rest_at_the_ratio() -> None:
-    from opentelemetry.sdk.trace import TracerProvider
-
-    from service.tracing.request_spans import RequestTracer
-
-    tracer = TracerProvider().get_tracer("test")
+    export = span_export(Sender())
     parent = "00-" + "a" * 32 + "-" + "b" * 16 + "-"
-    never = RequestTracer(tracer, ratio=0.0)
+    never = RequestTracer(export, ratio=0.0)
     assert never.sampled(parent + "01") and not never.sampled(parent + "00")
     assert not never.sampled(None) and not never.sampled("garbage") and not never.sampled(parent + "zz")
-    assert not RequestTracer(tracer, ratio=0.0, follow_parent=False).sampled(parent + "01")
-    always = RequestTracer(tracer, ratio=1.0)
+    assert not RequestTracer(export, ratio=0.0, follow_parent=False).sampled(parent + "01")
+    always = RequestTracer(export, ratio=1.0)
     assert always.sampled(None) and not always.sampled(parent + "00")
-    some = RequestTracer(tracer, ratio=0.25)
+    some = RequestTracer(export, ratio=0.25)
     hits = sum(some.sampled(None) for _ in range(20_000))
     assert 4_000 < hits < 6_000  # 5,000 expected; the bounds are 14 standard deviations wide
     built: list[int] = []
     assert some.start("x", {"traceparent": parent + "00"}, lambda: built.append(1) or {}) is None
     assert built == []  # an unsampled request builds no attributes
-
-
-class Exporter(SpanExporter):
-    def __init__(self, result: SpanExportResult, gate: threading.Event | None = None) -> None:
-        self.result = result
-        self.gate = gate
-        self.exported = 0
-
-    def export(self, spans) -> SpanExportResult:
-        if self.gate is not None:
-            self.gate.wait(10)
-        self.exported += len(spans)
-        return self.result
-
-    def shutdown(self) -> None:
-        pass
-
-
-def spans_through(processor: CountingBatchProcessor, count: int) -> None:
-    provider = TracerProvider()
-    provider.add_span_processor(processor)
-    tracer = provider.get_tracer("test")
-    for i in range(count):
-        tracer.start_span(f"s{i}").end()
+    export.shutdown()
 
 
 def test_a_full_buffer_drops_and_counts_instead_of_blocking() -> None:
     gate = threading.Event()  # the collector hangs: nothing leaves the buffer
-    exporter = Exporter(SpanExportResult.SUCCESS, gate)
-    processor = CountingBatchProcessor(exporter, max_queued=5, interval_s=3600)
+    sender = Sender(gate=gate)
+    export = span_export(sender, max_queued=5)
     before = dropped()
-    spans_through(processor, 8)
+    export.add(encoded_spans(3))
+    export.add(encoded_spans(5))
     assert dropped() - before == 3
     gate.set()
-    processor.shutdown()
-    assert exporter.exported == 5
+    export.shutdown()
+    assert len(sender.spans()) == 5
 
 
 def test_a_failed_export_counts_its_spans_as_dropped() -> None:
-    exporter = Exporter(SpanExportResult.FAILURE)
-    processor = CountingBatchProcessor(exporter, max_queued=100, interval_s=3600)
+    sender = Sender(result=False)
+    export = span_export(sender)
     before = dropped()
-    spans_through(processor, 4)
-    processor.force_flush()
+    export.add(encoded_spans(4))
+    export.force_flush()
     assert dropped() - before == 4
-    processor.shutdown()
+    assert len(sender.spans()) == 4  # it was sent, and refused
+    export.shutdown()

@@ -1,9 +1,10 @@
 """Span export that never touches a request: a bounded buffer and one background thread per process.
 
-The SDK's ``BatchSpanProcessor`` drops spans silently when its queue is full. This processor does the
-same job in a few lines of its own, so every lost span is counted
+The serving code hands over spans already encoded (:mod:`service.tracing.otlp_wire`): recording one
+is an append to a deque, with no lock. Every ``interval_s`` a daemon thread joins what is buffered into
+OTLP export requests of at most ``MAX_EXPORT_BATCH`` spans and sends them. Every lost span is counted
 (``hookserve_trace_spans_dropped_total``): those that found the buffer full, and those whose export
-failed (a collector that is down or slow). A request only ever appends to a deque.
+failed (a collector that is down or slow).
 """
 
 from __future__ import annotations
@@ -11,40 +12,46 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-
-from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from collections.abc import Callable, Sequence
 
 from service.monitoring.metrics import TRACE_SPANS_DROPPED
+from service.tracing.otlp_wire import export_request
 
 logger = logging.getLogger(__name__)
-MAX_EXPORT_BATCH = 512
+MAX_EXPORT_BATCH = 1024
+
+Send = Callable[[bytes], bool]  # posts one serialized ExportTraceServiceRequest; True when accepted
 
 
-class CountingBatchProcessor(SpanProcessor):
-    """Buffers ended spans (at most ``max_queued``) and exports them every ``interval_s`` from a thread."""
+class SpanExport:
+    """Buffers encoded spans (at most ``max_queued``) and sends them every ``interval_s`` from a thread.
 
-    def __init__(self, exporter: SpanExporter, max_queued: int, interval_s: float) -> None:
-        self.exporter = exporter
+    ``resource`` and ``scope`` are the encoded ``Resource`` and ``InstrumentationScope`` messages every
+    span of this process shares.
+    """
+
+    def __init__(self, send: Send, resource: bytes, scope: bytes, max_queued: int, interval_s: float) -> None:
+        self.send = send
+        self.resource = resource
+        self.scope = scope
         self.max_queued = max_queued
         self.interval_s = interval_s
-        self._buffer: deque[ReadableSpan] = deque()
+        self._buffer: deque[bytes] = deque()
         self._dropped = TRACE_SPANS_DROPPED
         self._wake = threading.Event()
         self._stopped = False
         self._warned = False
+        self._sending = threading.Lock()  # the thread and force_flush: never the request path
         self._thread = threading.Thread(target=self._run, name="hookserve-span-export", daemon=True)
         self._thread.start()
 
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        pass
-
-    def on_end(self, span: ReadableSpan) -> None:
-        if len(self._buffer) >= self.max_queued:
-            self._dropped.inc()
-            return
-        self._buffer.append(span)  # deque.append is atomic: no lock on the request path
+    def add(self, spans: Sequence[bytes]) -> None:
+        """Buffer encoded ``spans`` (:func:`~service.tracing.otlp_wire.span`); count and drop the overflow."""
+        room = self.max_queued - len(self._buffer)
+        if room < len(spans):
+            self._dropped.inc(len(spans) - max(room, 0))
+            spans = spans[: max(room, 0)]
+        self._buffer.extend(spans)  # deque.extend is atomic: no lock on the request path
 
     def _run(self) -> None:
         while not self._stopped:
@@ -53,13 +60,18 @@ class CountingBatchProcessor(SpanProcessor):
             self._export_all()
 
     def _export_all(self) -> None:
-        while self._buffer:
-            batch = [self._buffer.popleft() for _ in range(min(len(self._buffer), MAX_EXPORT_BATCH))]
+        with self._sending:
+            self._drain()
+
+    def _drain(self) -> None:
+        buffer = self._buffer
+        while buffer:
+            batch = [buffer.popleft() for _ in range(min(len(buffer), MAX_EXPORT_BATCH))]
             try:
-                result = self.exporter.export(batch)
-            except Exception:  # the exporter's own errors must not end the thread
-                result = SpanExportResult.FAILURE
-            if result is not SpanExportResult.SUCCESS:
+                sent = self.send(export_request(self.resource, self.scope, batch))
+            except Exception:  # the sender's own errors must not end the thread
+                sent = False
+            if not sent:
                 self._dropped.inc(len(batch))
                 if not self._warned:
                     self._warned = True
@@ -68,13 +80,12 @@ class CountingBatchProcessor(SpanProcessor):
                 self._warned = False
                 logger.info("trace export recovered")
 
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
+    def force_flush(self) -> None:
+        """Send what is buffered now (tests, shutdown)."""
         self._export_all()
-        return True
 
     def shutdown(self) -> None:
         self._stopped = True
         self._wake.set()
         self._thread.join(timeout=self.interval_s + 1)
         self._export_all()
-        self.exporter.shutdown()
