@@ -14,7 +14,7 @@ from service.scheduling.board import CostBoard
 
 def rejected_count(model: str, reason: str) -> float:
     labels = {"model": model, "reason": reason}
-    return REGISTRY.get_sample_value("hookserve_rejected_requests_total", labels) or 0
+    return REGISTRY.get_sample_value("hookserve_rejected_total", labels) or 0
 
 
 def gate_with_cost(model: str, target_s: float | None, limit: int = 1000) -> tuple[AdmissionGate, CostBoard]:

@@ -73,8 +73,8 @@ def flood(server: ServerProcess) -> list[tuple[int, float, requests.Response]]:
 def test_a_flood_is_shed_at_the_door_and_the_answered_meet_the_target(targeted_server: ServerProcess) -> None:
     metrics_url = f"{targeted_server.base_url}/metrics"
     before = requests.get(metrics_url, timeout=5).text
-    assert samples(before, "hookserve_rejected_requests_total", model="costly", reason="latency_target")
-    assert sum_samples(before, "hookserve_rejected_requests_total", model="costly") == 0  # exported at 0
+    assert samples(before, "hookserve_rejected_total", model="costly", reason="latency_target")
+    assert sum_samples(before, "hookserve_rejected_total", model="costly") == 0  # exported at 0
 
     results = flood(targeted_server)
     codes = [status for status, _, _ in results]
@@ -92,9 +92,9 @@ def test_a_flood_is_shed_at_the_door_and_the_answered_meet_the_target(targeted_s
     assert statistics.median(answered) < 2 * TARGET_MS / 1000, sorted(answered)[len(answered) // 2 :][:5]
 
     after = requests.get(metrics_url, timeout=5).text
-    shed = sum_samples(after, "hookserve_rejected_requests_total", model="costly", reason="latency_target")
+    shed = sum_samples(after, "hookserve_rejected_total", model="costly", reason="latency_target")
     assert shed == len(refused)
-    assert sum_samples(after, "hookserve_rejected_requests_total", model="costly", reason="overload") == 0
+    assert sum_samples(after, "hookserve_rejected_total", model="costly", reason="overload") == 0
     # The worker's learned cost of a full batch: at least what the model sleeps (28 ms), and sane.
     (full,) = samples(after, "hookserve_batch_cost_seconds", model="costly", batch_bucket="8")
     assert 0.028 <= full.value < 1.0

@@ -279,7 +279,7 @@ def service_health() -> dict:
             "reqps",
             [
                 Target(
-                    f"sum by (model, reason) (rate(hookserve_rejected_requests_total{{{MODEL}}}{RATE}))",
+                    f"sum by (model, reason) (rate(hookserve_rejected_total{{{MODEL}}}{RATE}))",
                     "{{model}} {{reason}}",
                 )
             ],

@@ -22,7 +22,7 @@ from service.http.worker_client import WorkerUnavailable
 from service.scheduling.board import ModelCosts
 from service.scheduling.prediction import predicted_answer_s, retry_after_s
 
-REASONS = ("overload", "latency_target", "deadline", "draining")  # hookserve_rejected_requests_total{reason}
+REASONS = ("overload", "latency_target", "deadline", "draining")  # hookserve_rejected_total{reason}
 
 
 class Rejected(WorkerUnavailable):
@@ -62,7 +62,7 @@ class AdmissionGate:
 
     def admit(self, instances: int, priority: int = 1, timeout_s: float | None = None) -> Rejected | None:
         """Admit a request of ``instances`` (count it in the queue) or say why not; a refusal is counted
-        in ``hookserve_rejected_requests_total``.
+        in ``hookserve_rejected_total``.
 
         Workers batch higher priorities first, so a request waits only for the work of its own priority
         and higher: its prediction counts that work alone, and under overload the lowest priority is the

@@ -77,8 +77,8 @@ MODEL_FORWARD = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 REJECTED = Counter(
-    "hookserve_rejected_requests_total",
-    "Requests refused before reaching a worker, by reason (overload, latency_target, draining).",
+    "hookserve_rejected_total",
+    "Requests refused before reaching a worker, by reason (overload, latency_target, deadline, draining).",
     ["model", "reason"],
 )
 BATCH_COST = Gauge(
