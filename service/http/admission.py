@@ -17,7 +17,9 @@ The prediction adds what the API server itself will make the request wait, which
 see: the time since it arrived (``waited_s``) and two turns of this process's event loop
 (:class:`~service.scheduling.loop_lag.LoopLag`: one before the request was read, one before its answer
 is written). :meth:`AdmissionGate.refuse_early` runs the same test before the body is read and decoded,
-with the queue ahead alone: under a flood most refusals then cost no decoding at all.
+with the queue ahead alone: under a flood most refusals then cost no decoding at all. What is still
+unseen (a CPU shared with the API servers, noisy neighbours) is corrected from the answers' real times:
+the prediction is held to a :class:`~service.scheduling.budget.TargetBudget` (AIMD below the target).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import multiprocessing as mp
 
 from service.http.worker_client import WorkerUnavailable
 from service.scheduling.board import ModelCosts
+from service.scheduling.budget import TargetBudget
 from service.scheduling.loop_lag import LoopLag
 from service.scheduling.prediction import predicted_answer_s, retry_after_s
 
@@ -67,7 +70,9 @@ class AdmissionGate:
         self._lock = mp.Lock()
         # requests admitted and not yet answered, then their instances per priority level (1 first)
         self._queue = mp.RawArray("q", 1 + priority_levels)
-        self.loop_lag = LoopLag()  # per API-server process (each has its own copy after the fork)
+        # per API-server process (each has its own copy after the fork)
+        self.loop_lag = LoopLag()
+        self.budget = None if latency_target_s is None else TargetBudget(latency_target_s)
 
     def admit(
         self, instances: int, priority: int = 1, timeout_s: float | None = None, waited_s: float = 0.0
@@ -121,12 +126,13 @@ class AdmissionGate:
             return None  # no worker has learned its cost yet: only the hard cap applies
         predicted = predicted_answer_s(queued, instances, alpha, beta, workers, self.max_batch_size)
         predicted += waited_s + LOOP_TURNS * self.loop_lag.seconds()
-        if target is not None and predicted > target:
+        budget = target if self.budget is None else self.budget.budget_s
+        if budget is not None and predicted > budget:
             return Rejected(
                 "latency_target",
-                f"{self.model} would answer in about {predicted * 1000:.0f} ms, over its latency target of "
-                f"{target * 1000:.0f} ms; retry",
-                retry_after_s(predicted, target),
+                f"{self.model} would answer in about {predicted * 1000:.0f} ms, over the "
+                f"{budget * 1000:.0f} ms it may admit under its latency target of {target * 1000:.0f} ms",
+                retry_after_s(predicted, budget),
             )
         if timeout_s is not None and predicted > timeout_s:
             return Rejected(
@@ -137,11 +143,14 @@ class AdmissionGate:
             )
         return None
 
-    def leave(self, instances: int, priority: int = 1) -> None:
-        """The request admitted with ``instances`` is answered (or failed): it no longer waits."""
+    def leave(self, instances: int, priority: int = 1, answered_s: float | None = None) -> None:
+        """The request admitted with ``instances`` is answered (or failed): it no longer waits.
+        ``answered_s``, the time from its arrival to its answer, corrects the admission budget."""
         with self._lock:
             self._queue[0] -= 1
             self._queue[priority] -= instances
+        if answered_s is not None and self.budget is not None:
+            self.budget.observe(answered_s)
 
     @property
     def in_flight(self) -> int:

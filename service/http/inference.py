@@ -129,7 +129,7 @@ class InferencePipeline:
         try:
             return await self._run(decoded, request_id, arrived, priority, traced)
         finally:
-            self.gate.leave(instances, priority)
+            self.gate.leave(instances, priority, time.monotonic() - arrived)
 
     def _admit(self, instances: int, priority: int, timeout_s: float | None, arrived: float) -> None:
         waited_s = time.monotonic() - arrived
