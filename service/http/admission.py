@@ -73,6 +73,8 @@ class AdmissionGate:
         # per API-server process (each has its own copy after the fork)
         self.loop_lag = LoopLag()
         self.budget = None if latency_target_s is None else TargetBudget(latency_target_s)
+        self._wait_s: float | None = None  # the last prediction's queue-wait part (this process only)
+        self._predicted_wait = None
 
     def admit(
         self, instances: int, priority: int = 1, timeout_s: float | None = None, waited_s: float = 0.0
@@ -92,8 +94,18 @@ class AdmissionGate:
             if rejection is None:
                 queue[0] += 1
                 queue[priority] += instances
-                return None
+        if rejection is None:
+            if self._wait_s is not None:  # the prediction ran: export it beside the measured queue wait
+                self._observe_wait(self._wait_s)
+            return None
         return self._count(rejection)
+
+    def _observe_wait(self, seconds: float) -> None:
+        if self._predicted_wait is None:
+            from service.monitoring.metrics import PREDICTED_WAIT  # see _count
+
+            self._predicted_wait = PREDICTED_WAIT.labels(self.model)
+        self._predicted_wait.observe(seconds)
 
     def refuse_early(self, priority: int = 1, waited_s: float = 0.0) -> Rejected | None:
         """The refusal :meth:`admit` would give a request of one instance, before its body is read: the
@@ -115,6 +127,7 @@ class AdmissionGate:
     def _refusal(
         self, requests: int, queued: int, instances: int, timeout_s: float | None, waited_s: float
     ) -> Rejected | None:
+        self._wait_s = None
         if requests >= self.limit:
             message = f"too many requests queued for {self.model} (limit {self.limit}); retry"
             return Rejected("overload", message)
@@ -126,6 +139,7 @@ class AdmissionGate:
             return None  # no worker has learned its cost yet: only the hard cap applies
         predicted = predicted_answer_s(queued, instances, alpha, beta, workers, self.max_batch_size)
         predicted += waited_s + LOOP_TURNS * self.loop_lag.seconds()
+        self._wait_s = waited_s + predicted_answer_s(queued, 0, alpha, beta, workers, self.max_batch_size)
         budget = target if self.budget is None else self.budget.budget_s
         if budget is not None and predicted > budget:
             return Rejected(

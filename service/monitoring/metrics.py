@@ -58,6 +58,14 @@ QUEUE_WAIT = Histogram(
     ["model"],
     buckets=LATENCY_BUCKETS,
 )
+PREDICTED_WAIT = Histogram(
+    "hookserve_predicted_wait_seconds",
+    "Queue wait predicted at admission for admitted requests (time already spent plus the learned forward "
+    "time of the work ahead), to set beside hookserve_queue_wait_seconds. Only with a latency target or a "
+    "request's own timeout.",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
 BATCH_SIZE = Histogram(
     "hookserve_batch_size",
     "Instances per forward pass (after dynamic batching).",
