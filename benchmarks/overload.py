@@ -28,7 +28,8 @@ import numpy as np
 import orjson
 import requests
 
-from benchmarks.servers import start_hookserve
+from benchmarks.metrics_text import sum_samples
+from benchmarks.servers import ServerProcess, start_hookserve
 
 
 async def _connection(port: int, bodies: list[bytes], stop_at: float, out: list) -> None:
@@ -83,6 +84,21 @@ def _client(
     queue.put(out)
 
 
+def _forward_seconds(server: ServerProcess, model: str) -> float:
+    text = requests.get(f"{server.base_url}/metrics", timeout=30).text
+    return sum_samples(text, "hookserve_model_forward_seconds_sum", model=model)
+
+
+def measured_flood(server: ServerProcess, model: str, payload: bytes, args: argparse.Namespace) -> dict:
+    """:func:`flood`, plus where the CPU went (seconds per role) and how busy the worker's model was."""
+    cpu_before, forward_before = server.cpu_seconds(), _forward_seconds(server, model)
+    row = flood(server.port, model, payload, args)
+    cpu_after, forward_after = server.cpu_seconds(), _forward_seconds(server, model)
+    row["cpu_s"] = {role: round(cpu_after[role] - cpu_before.get(role, 0.0), 1) for role in cpu_after}
+    row["model_busy"] = (forward_after - forward_before) / args.duration
+    return row
+
+
 def flood(port: int, model: str, payload: bytes, args: argparse.Namespace) -> dict:
     queue: mp.Queue = mp.Queue()
     per = max(1, args.connections // args.processes)
@@ -124,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--priority-share", type=float, default=0.0)
     parser.add_argument("--api-servers", type=int, default=2)
+    parser.add_argument("--api-nice", type=int, default=0, help="renice the API servers by this much")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="overload-"))
@@ -144,12 +161,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if not server.wait_ready(300):
                 raise SystemExit(f"hookserve did not start: {server.failure}\n{server.log()[-2000:]}")
+            if args.api_nice:
+                import psutil
+
+                for pid in server.roles().get("api", []):
+                    psutil.Process(pid).nice(args.api_nice)
             spec = requests.get(f"{server.base_url}/v1/models/{args.model}", timeout=10).json()["input"]
             x = np.random.default_rng(0).uniform(0, 1, (args.instances, *spec["shape"])).astype(np.float32)
             payload = orjson.dumps({"instances": x.tolist()})
             for _ in range(3):  # warm the path (and the cost model)
                 requests.post(f"{server.base_url}/v1/models/{args.model}:predict", data=payload, timeout=60)
-            rows[label] = flood(server.port, args.model, payload, args)
+            rows[label] = measured_flood(server, args.model, payload, args)
         finally:
             server.stop()
     base = rows["no target"]["goodput"] or float("nan")
@@ -160,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     for label, r in rows.items():
         print(f"| {label} | {r['200']} | {r['503']} | {r['504']} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
               f"{r['max_ms']:.0f} | {r['goodput']:,.0f} | {r['goodput'] / base:.2f} |")  # fmt: skip
+    for label, r in rows.items():
+        print(f"{label}: model busy {r['model_busy']:.0%} of the time; CPU seconds by role {r['cpu_s']}")
     if args.priority_share:
         for label, r in rows.items():
             print(f"{label}: p99 of priority-1 answers {r['p99_priority1_ms']:.0f} ms")

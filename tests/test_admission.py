@@ -14,7 +14,7 @@ from service.scheduling.board import CostBoard
 
 def rejected_count(model: str, reason: str) -> float:
     labels = {"model": model, "reason": reason}
-    return REGISTRY.get_sample_value("hookserve_rejected_requests_total", labels) or 0
+    return REGISTRY.get_sample_value("hookserve_rejected_total", labels) or 0
 
 
 def gate_with_cost(model: str, target_s: float | None, limit: int = 1000) -> tuple[AdmissionGate, CostBoard]:
@@ -51,7 +51,7 @@ def test_the_latency_target_admits_while_the_predicted_answer_meets_it() -> None
     admitted, rejection = admit_until_refused(gate, 4)
     assert admitted == 14 and gate.queued_instances == 56 and gate.in_flight == 14
     assert rejection.reason == "latency_target" and rejection.retry_after_s == 1
-    assert "220 ms, over its latency target of 200 ms" in str(rejection)
+    assert "220 ms, over the 200 ms it may admit under its latency target of 200 ms" in str(rejection)
     assert rejection.headers == [(b"retry-after", b"1")]
     assert rejected_count("targeted", "latency_target") == before + 1
 
@@ -138,3 +138,49 @@ def test_a_request_predicted_to_miss_its_own_timeout_is_refused_at_once() -> Non
     assert rejection is not None and rejection.reason == "deadline"
     assert "after the request's own timeout of 50 ms" in str(rejection)
     assert rejected_count("own-deadline", "deadline") == before + 1
+
+
+def test_time_already_spent_in_the_api_server_counts_against_the_target() -> None:
+    gate, board = gate_with_cost("waited", target_s=0.2)
+    board.publish("waited", 0, 0.001, 0.02)  # a lone 4-instance request: 24 ms of forward time
+    assert gate.admit(4, waited_s=0.1) is None
+    gate.leave(4)
+    rejection = gate.admit(4, waited_s=0.19)  # 190 ms already waited + 24 ms > 200 ms
+    assert rejection is not None and rejection.reason == "latency_target"
+
+
+def test_the_early_refusal_needs_only_the_queue_ahead_and_counts_nothing_in_it() -> None:
+    gate, board = gate_with_cost("early", target_s=0.2)
+    board.publish("early", 0, 0.001, 0.02)
+    assert gate.refuse_early() is None  # an empty queue: the body is worth reading
+    for _ in range(13):
+        assert gate.admit(4) is None  # 52 queued
+    before = rejected_count("early", "latency_target")
+    assert gate.refuse_early() is None  # 52 queued plus one instance: 53 + 7 * 20 = 193 ms
+    assert gate.admit(4) is None  # 56 queued
+    rejection = gate.refuse_early()  # 57 + 8 * 20 = 217 ms
+    assert rejection is not None and rejection.reason == "latency_target"
+    assert rejected_count("early", "latency_target") == before + 1
+    assert gate.in_flight == 14 and gate.queued_instances == 56  # refusals added nothing to the queue
+
+
+def test_no_early_refusal_without_a_target() -> None:
+    gate = AdmissionGate(1, "untargeted")
+    assert gate.admit(1) is None
+    assert gate.refuse_early() is None  # the hard cap is decided at admission, with the instance count
+
+
+def test_late_answers_shrink_the_admitted_work_and_on_time_ones_restore_it() -> None:
+    gate, board = gate_with_cost("budgeted", target_s=0.2)
+    board.publish("budgeted", 0, 0.001, 0.02)
+    first, _ = admit_until_refused(gate, 4)
+    for _ in range(first):
+        gate.leave(4, answered_s=0.5)  # every answer late: the budget is cut (once per cooldown)
+    assert gate.budget is not None and gate.budget.budget_s < 0.2
+    shrunk, _ = admit_until_refused(gate, 4)
+    assert shrunk < first
+    for _ in range(shrunk):
+        gate.leave(4, answered_s=0.05)
+    for _ in range(1000):
+        gate.budget.observe(0.05)
+    assert gate.budget.budget_s == pytest.approx(0.2)

@@ -134,3 +134,18 @@ def test_priority_one_is_answered_before_queued_priority_two(server: ServerProce
     assert done.count("low") == 6
     # At most the running batch and the one started as the high request arrived come before it.
     assert done.index("high") <= 3, done
+
+
+def test_openapi_documents_the_deadline_and_priority_of_both_protocols(server: ServerProcess) -> None:
+    spec = requests.get(f"{server.base_url}/openapi.json", timeout=10).json()
+    v1_operation = spec["paths"]["/v1/models/slow:predict"]["post"]
+    headers = {p["name"]: p for p in v1_operation["parameters"] if p["in"] == "header"}
+    assert headers["X-Request-Timeout-Ms"]["schema"]["maximum"] == 10_000  # the model's 10 s, in ms
+    assert headers["X-Priority"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 2}
+    assert "400" in v1_operation["responses"]
+    v2_operation = spec["paths"]["/v2/models/slow/infer"]["post"]
+    body = v2_operation["requestBody"]["content"]["application/json"]["schema"]
+    parameters = next(part for part in body["allOf"] if "properties" in part)["properties"]["parameters"]
+    assert parameters["properties"]["timeout"]["maximum"] == 10_000_000  # microseconds
+    assert parameters["properties"]["priority"]["maximum"] == 2
+    assert "priority" in v2_operation["responses"]["400"]["description"]

@@ -279,7 +279,7 @@ def service_health() -> dict:
             "reqps",
             [
                 Target(
-                    f"sum by (model, reason) (rate(hookserve_rejected_requests_total{{{MODEL}}}{RATE}))",
+                    f"sum by (model, reason) (rate(hookserve_rejected_total{{{MODEL}}}{RATE}))",
                     "{{model}} {{reason}}",
                 )
             ],
@@ -295,6 +295,27 @@ def service_health() -> dict:
                 Target(
                     f"max by (model, batch_bucket) (hookserve_batch_cost_seconds{{{MODEL}}})",
                     "{{model}} b={{batch_bucket}}",
+                )
+            ],
+            width=8,
+        ),
+        Panel(
+            "Queue wait: predicted at admission against actual",
+            "The p50 and p99 of the queue wait admission predicted for the requests it let in "
+            "(hookserve_predicted_wait_seconds: time already spent plus the learned forward time of the work "
+            "ahead) beside the queue wait the workers measured (hookserve_queue_wait_seconds). Actual well "
+            "above predicted means the cost model or the queue count misses something, and the latency "
+            "target is not being kept. Only models with a latency target (or own request timeouts).",
+            "s",
+            [
+                Target(
+                    f"histogram_quantile({q}, sum by (model, le) (rate({metric}_bucket{{{MODEL}}}{RATE})))",
+                    f"{{{{model}}}} p{round(q * 100)} {label}",
+                )
+                for q in (0.5, 0.99)
+                for metric, label in (
+                    ("hookserve_predicted_wait_seconds", "predicted"),
+                    ("hookserve_queue_wait_seconds", "actual"),
                 )
             ],
             width=8,

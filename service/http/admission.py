@@ -12,6 +12,14 @@ requests and instances admitted and not yet answered, incremented here at admiss
 lock, the one the hard cap already needs for its check-and-increment; the prediction is made under it
 too, so concurrent API servers cannot all admit into the same free room. Admitting costs a few
 microseconds (the lock, two shared reads per worker, a few float operations).
+
+The prediction adds what the API server itself will make the request wait, which the cost line cannot
+see: the time since it arrived (``waited_s``) and two turns of this process's event loop
+(:class:`~service.scheduling.loop_lag.LoopLag`: one before the request was read, one before its answer
+is written). :meth:`AdmissionGate.refuse_early` runs the same test before the body is read and decoded,
+with the queue ahead alone: under a flood most refusals then cost no decoding at all. What is still
+unseen (a CPU shared with the API servers, noisy neighbours) is corrected from the answers' real times:
+the prediction is held to a :class:`~service.scheduling.budget.TargetBudget` (AIMD below the target).
 """
 
 from __future__ import annotations
@@ -20,9 +28,12 @@ import multiprocessing as mp
 
 from service.http.worker_client import WorkerUnavailable
 from service.scheduling.board import ModelCosts
+from service.scheduling.budget import TargetBudget
+from service.scheduling.loop_lag import LoopLag
 from service.scheduling.prediction import predicted_answer_s, retry_after_s
 
-REASONS = ("overload", "latency_target", "deadline", "draining")  # hookserve_rejected_requests_total{reason}
+REASONS = ("overload", "latency_target", "deadline", "draining")  # hookserve_rejected_total{reason}
+LOOP_TURNS = 2  # the loop turns a request waits in its API server: before it is read, before its answer
 
 
 class Rejected(WorkerUnavailable):
@@ -59,23 +70,54 @@ class AdmissionGate:
         self._lock = mp.Lock()
         # requests admitted and not yet answered, then their instances per priority level (1 first)
         self._queue = mp.RawArray("q", 1 + priority_levels)
+        # per API-server process (each has its own copy after the fork)
+        self.loop_lag = LoopLag()
+        self.budget = None if latency_target_s is None else TargetBudget(latency_target_s)
+        self._wait_s: float | None = None  # the last prediction's queue-wait part (this process only)
+        self._predicted_wait = None
 
-    def admit(self, instances: int, priority: int = 1, timeout_s: float | None = None) -> Rejected | None:
+    def admit(
+        self, instances: int, priority: int = 1, timeout_s: float | None = None, waited_s: float = 0.0
+    ) -> Rejected | None:
         """Admit a request of ``instances`` (count it in the queue) or say why not; a refusal is counted
-        in ``hookserve_rejected_requests_total``.
+        in ``hookserve_rejected_total``.
 
         Workers batch higher priorities first, so a request waits only for the work of its own priority
         and higher: its prediction counts that work alone, and under overload the lowest priority is the
         first refused. ``timeout_s``, the request's own deadline, refuses it at once (reason
-        ``deadline``) when it is predicted to miss it."""
+        ``deadline``) when it is predicted to miss it. ``waited_s``: how long it has been in the API
+        server already (from its arrival), part of its answer time."""
         queue = self._queue
         with self._lock:
             ahead = sum(queue[1 : 1 + priority])
-            rejection = self._refusal(queue[0], ahead, instances, timeout_s)
+            rejection = self._refusal(queue[0], ahead, instances, timeout_s, waited_s)
             if rejection is None:
                 queue[0] += 1
                 queue[priority] += instances
-                return None
+        if rejection is None:
+            if self._wait_s is not None:  # the prediction ran: export it beside the measured queue wait
+                self._observe_wait(self._wait_s)
+            return None
+        return self._count(rejection)
+
+    def _observe_wait(self, seconds: float) -> None:
+        if self._predicted_wait is None:
+            from service.monitoring.metrics import PREDICTED_WAIT  # see _count
+
+            self._predicted_wait = PREDICTED_WAIT.labels(self.model)
+        self._predicted_wait.observe(seconds)
+
+    def refuse_early(self, priority: int = 1, waited_s: float = 0.0) -> Rejected | None:
+        """The refusal :meth:`admit` would give a request of one instance, before its body is read: the
+        queue ahead alone misses the target, or the hard cap is reached. Counts nothing in the queue and
+        takes no lock (a racy read only makes the test approximate; :meth:`admit` decides exactly)."""
+        if self.latency_target_s is None:
+            return None  # without a target, only the hard cap, checked at admission (no decoding saved)
+        queue = self._queue
+        rejection = self._refusal(queue[0], sum(queue[1 : 1 + priority]), 1, None, waited_s)
+        return None if rejection is None else self._count(rejection)
+
+    def _count(self, rejection: Rejected) -> Rejected:
         # Imported here: service.lifecycle imports this module before PROMETHEUS_MULTIPROC_DIR is set.
         from service.monitoring.metrics import REJECTED
 
@@ -83,8 +125,9 @@ class AdmissionGate:
         return rejection
 
     def _refusal(
-        self, requests: int, queued: int, instances: int, timeout_s: float | None
+        self, requests: int, queued: int, instances: int, timeout_s: float | None, waited_s: float
     ) -> Rejected | None:
+        self._wait_s = None
         if requests >= self.limit:
             message = f"too many requests queued for {self.model} (limit {self.limit}); retry"
             return Rejected("overload", message)
@@ -95,12 +138,15 @@ class AdmissionGate:
         if workers == 0:
             return None  # no worker has learned its cost yet: only the hard cap applies
         predicted = predicted_answer_s(queued, instances, alpha, beta, workers, self.max_batch_size)
-        if target is not None and predicted > target:
+        predicted += waited_s + LOOP_TURNS * self.loop_lag.seconds()
+        self._wait_s = waited_s + predicted_answer_s(queued, 0, alpha, beta, workers, self.max_batch_size)
+        budget = target if self.budget is None else self.budget.budget_s
+        if budget is not None and predicted > budget:
             return Rejected(
                 "latency_target",
-                f"{self.model} would answer in about {predicted * 1000:.0f} ms, over its latency target of "
-                f"{target * 1000:.0f} ms; retry",
-                retry_after_s(predicted, target),
+                f"{self.model} would answer in about {predicted * 1000:.0f} ms, over the "
+                f"{budget * 1000:.0f} ms it may admit under its latency target of {target * 1000:.0f} ms",
+                retry_after_s(predicted, budget),
             )
         if timeout_s is not None and predicted > timeout_s:
             return Rejected(
@@ -111,11 +157,14 @@ class AdmissionGate:
             )
         return None
 
-    def leave(self, instances: int, priority: int = 1) -> None:
-        """The request admitted with ``instances`` is answered (or failed): it no longer waits."""
+    def leave(self, instances: int, priority: int = 1, answered_s: float | None = None) -> None:
+        """The request admitted with ``instances`` is answered (or failed): it no longer waits.
+        ``answered_s``, the time from its arrival to its answer, corrects the admission budget."""
         with self._lock:
             self._queue[0] -= 1
             self._queue[priority] -= instances
+        if answered_s is not None and self.budget is not None:
+            self.budget.observe(answered_s)
 
     @property
     def in_flight(self) -> int:

@@ -131,18 +131,21 @@ class InferencePipeline:
         priority = decoded.priority or self.settings.default_priority
         instances = len(decoded.instances)
         if traced is None:
-            self._admit(gate, instances, priority, decoded.timeout_s)
+            self._admit(gate, instances, priority, decoded.timeout_s, arrived)
         else:
             with traced.phase("admission"):
-                self._admit(gate, instances, priority, decoded.timeout_s)
+                self._admit(gate, instances, priority, decoded.timeout_s, arrived)
         try:
             return await self._run(workers, decoded, request_id, arrived, priority, traced)
         finally:
-            gate.leave(instances, priority)
+            gate.leave(instances, priority, time.monotonic() - arrived)
 
     @staticmethod
-    def _admit(gate: AdmissionGate, instances: int, priority: int, timeout_s: float | None) -> None:
-        if (rejection := gate.admit(instances, priority, timeout_s)) is not None:
+    def _admit(
+        gate: AdmissionGate, instances: int, priority: int, timeout_s: float | None, arrived: float
+    ) -> None:
+        waited_s = time.monotonic() - arrived
+        if (rejection := gate.admit(instances, priority, timeout_s, waited_s)) is not None:
             raise rejection  # counted by the gate, by reason
 
     async def _run(
@@ -258,6 +261,11 @@ class InferenceRoute(InferencePipeline):
             raise ClientError(405, "use POST for inference", ALLOW_POST)
         require_api_key(scope, settings.api_key)
         self.check_content_type(scope)
+        # Refused before its body is read and decoded when the queue ahead alone misses the target: under
+        # a flood, refusals then cost no decoding (an unread body is discarded; the connection stays open).
+        early = self.gate.refuse_early(self.priority_hint(scope), time.monotonic() - arrived)
+        if early is not None:
+            raise early
         body = await read_body(scope, receive, settings.max_body_bytes)
         if traced is None:
             decoded = self.decode(scope, body)
@@ -276,6 +284,11 @@ class InferenceRoute(InferencePipeline):
         headers = [(b"x-request-id", request_id.encode()), *answer.headers]
         await send_response(send, 200, answer.body, answer.content_type, headers)
         return 200
+
+    def priority_hint(self, scope: dict) -> int:
+        """The request's priority as known before its body is read; 1 (the least work ahead) unless the
+        protocol carries it in a header."""
+        return 1
 
     def check_content_type(self, scope: dict) -> None:
         """415 unless the body is one of :attr:`accepted_types`, any ``+json``, or untyped (tritonclient)."""

@@ -24,9 +24,11 @@ ERRORS = {
     "413": "The body is larger than server.max_payload_bytes.",
     "415": "Content-Type is not JSON.",
     "422": "Malformed JSON, wrong shape, non-numbers, NaN/Infinity, values out of range, too many instances.",
-    "503": "Overloaded, draining, or the model has no live worker; retry after Retry-After seconds.",
-    "504": "The request outlived server.request_timeout_s.",
+    "503": "Overloaded, predicted to miss the model's latency target or the request's own timeout, draining, "
+    "or the model has no live worker; retry after Retry-After seconds.",
+    "504": "The request outlived its deadline (server.request_timeout_s, or its own shorter timeout).",
 }
+OPTIONS_400 = "X-Request-Timeout-Ms or X-Priority is not allowed for this model (the message says why)."
 
 
 def _schema(model: type, components: dict[str, Any]) -> dict[str, Any]:
@@ -34,6 +36,54 @@ def _schema(model: type, components: dict[str, Any]) -> dict[str, Any]:
     components.update(schema.pop("$defs", {}))
     components[model.__name__] = schema
     return {"$ref": REF.format(model=model.__name__)}
+
+
+def _v1_option_headers(settings: RouteSettings) -> list[dict[str, Any]]:
+    """The V1 headers that carry a request's own deadline and priority (service.http.request_options)."""
+    return [
+        {
+            "name": "X-Request-Timeout-Ms",
+            "in": "header",
+            "required": False,
+            "description": "This request's own deadline in milliseconds, counted from its arrival; only "
+            "shorter than the model's request_timeout_s. A request predicted to miss it is refused at once "
+            "(503 + Retry-After); one that expires in the queue is a 504, never a late 200.",
+            "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": settings.request_timeout_s * 1000},
+        },
+        {
+            "name": "X-Priority",
+            "in": "header",
+            "required": False,
+            "description": f"1 is the highest; default {settings.default_priority}. Higher priorities are "
+            "batched first; lower ones are refused first under overload.",
+            "schema": {"type": "integer", "minimum": 1, "maximum": settings.priority_levels},
+        },
+    ]
+
+
+def _v2_parameters(settings: RouteSettings) -> dict[str, Any]:
+    """The V2 request's ``parameters`` with Triton's ``timeout`` and ``priority`` for this model."""
+    return {
+        "type": "object",
+        "description": "Request parameters; binary_data_output: true for every output in binary.",
+        "properties": {
+            "timeout": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "maximum": settings.request_timeout_s * 1e6,
+                "description": "This request's own deadline in microseconds (Triton's meaning), only "
+                "shorter than the model's request_timeout_s; predicted to miss it: 503 + Retry-After.",
+            },
+            "priority": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": settings.priority_levels,
+                "description": "1 is the highest; 0 or absent: the model's default "
+                f"({settings.default_priority}). Higher priorities are batched first and shed last.",
+            },
+        },
+        "additionalProperties": True,
+    }
 
 
 def _predict_operation(settings: RouteSettings, components: dict[str, Any]) -> dict[str, Any]:
@@ -44,12 +94,14 @@ def _predict_operation(settings: RouteSettings, components: dict[str, Any]) -> d
             "description": "One prediction per instance, in order.",
             "content": {"application/json": {"schema": _schema(PredictResponse, components)}},
         },
+        "400": {"description": OPTIONS_400, **error},
         **{code: {"description": text, **error} for code, text in ERRORS.items()},
     }
     return {
         "tags": ["predict"],
         "summary": f"Predict with {settings.model}",
         "operationId": f"predict_{settings.model.replace('-', '_').replace('.', '_')}",
+        "parameters": _v1_option_headers(settings),
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": _schema(request, components)}},
@@ -66,16 +118,23 @@ def _v2_operations(settings: RouteSettings, components: dict[str, Any]) -> dict[
     """The V2 paths of one model (without and with its version)."""
     error = _schema(ErrorResponse, components)
     name = settings.model.replace("-", "_").replace(".", "_")
+    body = {
+        "allOf": [
+            _schema(V2InferenceRequest, components),
+            {"properties": {"parameters": _v2_parameters(settings)}},
+        ]
+    }
     infer = {
         "tags": ["v2"],
         "summary": f"Open Inference Protocol V2 inference with {settings.model} (JSON or binary tensors)",
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": _schema(V2InferenceRequest, components)}},
-        },
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
         "responses": {
             "200": _json(_schema(V2InferenceResponse, components), "The requested outputs."),
-            "400": _json(error, "Malformed request, wrong shape, datatype or binary sizes, bad values."),
+            "400": _json(
+                error,
+                "Malformed request, wrong shape, datatype or binary sizes, bad values, or parameters.timeout"
+                " or parameters.priority out of range.",
+            ),
             **{code: _json(error, ERRORS[code]) for code in ("401", "404", "413", "503", "504")},
         },
     }

@@ -8,6 +8,7 @@ re-serializing it (:mod:`service.http.v1_answer`).
 from __future__ import annotations
 
 from service.http.admission import AdmissionGate, DrainSwitch
+from service.http.asgi import header
 from service.http.codec import decode_v1
 from service.http.inference import Answer, Decoded, InferenceRoute, RouteSettings
 from service.http.request_options import from_v1_headers
@@ -36,6 +37,14 @@ class PredictRoute(InferenceRoute):
     ) -> None:
         super().__init__(settings, workers, gate, drain)
         self._envelope = V1Envelope(settings.model, settings.version)
+
+    def priority_hint(self, scope: dict) -> int:
+        """``X-Priority`` when it is a valid level (checked again, with a 400, once the body is read)."""
+        raw = header(scope, b"x-priority")
+        if raw is None:
+            return self.settings.default_priority
+        level = int(raw) if raw.isdigit() and len(raw) <= 3 else 0
+        return level if 1 <= level <= self.settings.priority_levels else 1
 
     def decode(self, scope: dict, body: bytes) -> Decoded:
         instances = decode_v1(body, self.settings.input_spec, self.settings.max_instances)

@@ -60,6 +60,14 @@ QUEUE_WAIT = Histogram(
     ["model", "version"],
     buckets=LATENCY_BUCKETS,
 )
+PREDICTED_WAIT = Histogram(
+    "hookserve_predicted_wait_seconds",
+    "Queue wait predicted at admission for admitted requests (time already spent plus the learned forward "
+    "time of the work ahead), to set beside hookserve_queue_wait_seconds. Only with a latency target or a "
+    "request's own timeout.",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
 BATCH_SIZE = Histogram(
     "hookserve_batch_size",
     "Instances per forward pass (after dynamic batching).",
@@ -79,8 +87,8 @@ MODEL_FORWARD = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 REJECTED = Counter(
-    "hookserve_rejected_requests_total",
-    "Requests refused before reaching a worker, by reason (overload, latency_target, draining).",
+    "hookserve_rejected_total",
+    "Requests refused before reaching a worker, by reason (overload, latency_target, deadline, draining).",
     ["model", "reason"],
 )
 BATCH_COST = Gauge(

@@ -14,6 +14,7 @@ import copy
 from service.config import ModelServeConfig
 from service.http.admission import AdmissionGate
 from service.pool.table import TableStore
+from service.scheduling.budget import TargetBudget
 from service.scheduling.board import CostBoard
 from service.worker_states import WorkerStates
 
@@ -32,7 +33,7 @@ class SharedSlots:
 
     def gate(self, unit: int, config: ModelServeConfig) -> AdmissionGate:
         """This process's view of ``unit``'s gate, with its model's limits (the counters are shared)."""
-        gate = copy.copy(self.gates[unit])  # same lock and counters, own settings
+        gate = copy.copy(self.gates[unit])  # same lock and counters (and this process's loop-lag probe)
         target_ms = config.latency_target_ms
         gate.limit = config.max_queued_requests
         gate.model = config.name
@@ -40,6 +41,8 @@ class SharedSlots:
         gate.costs = self.costs.costs(unit)
         gate.max_batch_size = config.max_batch_size
         gate.priority_levels = config.priority_levels
+        gate.budget = None if gate.latency_target_s is None else TargetBudget(gate.latency_target_s)
+        gate._predicted_wait = None  # its own model's histogram child, bound on first use
         return gate
 
     def release(self, unit: int) -> None:

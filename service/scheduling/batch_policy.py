@@ -1,8 +1,9 @@
 """Which batch to run next: the most throughput whose requests still meet their deadlines.
 
-Pure and not yet wired into the worker loop (docs/scheduling.md says why this rule, against Triton's
-delay and preferred sizes, BentoML's CORK dispatcher and Clipper's AIMD and ``b_max``). Given the queue
-in arrival order, a cost curve ``cost(b)`` (seconds for a forward pass of ``b`` instances; the worker's
+The reference form of the rule; the worker runs its O(1) form in ``service.worker.batching.collect``
+(docs/scheduling.md says why this rule, against Triton's delay and preferred sizes, BentoML's CORK
+dispatcher and Clipper's AIMD and ``b_max``). Given the queue in arrival order, a cost curve ``cost(b)``
+(seconds for a forward pass of ``b`` instances; the worker's
 :meth:`~service.scheduling.cost_model.CostModel.predict`) and ``max_batch_size``:
 
 1. the candidates are the queue's prefixes (requests are never split or reordered) of at most

@@ -1,8 +1,9 @@
 """Dynamic batching by instance count, deadlines, and failure isolation, in the inference worker.
 
 * :func:`collect` blocks for the first request, then takes whatever else is already queued, up to
-  ``max_batch_size`` instances, and waits at most ``batch_timeout`` more only if that is configured:
-  at low load a request runs at once; under load batches fill up while the previous batch runs.
+  ``max_batch_size`` instances (the worker passes the learned curve's best size) and only as long as the
+  batch still meets its requests' deadlines, and waits at most ``batch_timeout`` more only if that is
+  configured: at low load a request runs at once; under load batches fill up while the previous runs.
 * :class:`BatchRunner` runs one collected batch: it answers requests whose deadline passed in the queue
   with 504 without running them; when the batched forward pass raises, it re-runs each request on its
   own so only the culprit fails; when some requests' outputs are non-finite, the runner explains them
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -33,10 +34,29 @@ INTERNAL_ERROR = b"internal error while running the model"
 EXPIRED = b"request deadline passed while queued"
 
 
-def collect(inbox: Inbox, max_instances: int, batch_timeout: float, idle_wait: float = 1.0) -> list[Queued]:
+class CostLine(Protocol):
+    """The worker's learned line ``t(b) = alpha * b + beta`` (a ``CostModel``)."""
+
+    alpha: float
+    beta: float
+
+
+def collect(
+    inbox: Inbox,
+    max_instances: int,
+    batch_timeout: float,
+    idle_wait: float = 1.0,
+    cost: CostLine | None = None,
+) -> list[Queued]:
     """One batch: at least one request (waiting up to ``idle_wait``), at most ``max_instances`` instances.
 
-    A request larger than ``max_instances`` still runs, alone.
+    A request larger than ``max_instances`` still runs, alone. With ``cost``, the worker's learned line,
+    a request joins only if the batch would still end before every deadline in it (Clipper's
+    ``b_max = (SLO - beta) / alpha``, with each request's own deadline as the SLO): the requests behind
+    it run in the next batch instead of making the head late. When the batch is already late without
+    it, it joins (the late cannot be saved; throughput helps the rest). The wait for more requests
+    (``batch_timeout``) also ends early enough for a full batch to meet the head's deadline, as in
+    BentoML's CORK. This costs a few float operations per added request, none for a lone one.
     """
     pending = inbox.pending
     if not pending:
@@ -49,8 +69,23 @@ def collect(inbox: Inbox, max_instances: int, batch_timeout: float, idle_wait: f
     size = batch[0][1].size
     if size >= max_instances or (not pending and batch_timeout <= 0):
         return batch  # the common case at low load: one request, no more waiting
-    wait_until = time.monotonic() + batch_timeout
-    while size < max_instances:
+    now = time.monotonic()
+    earliest = batch[0][1].deadline
+    alpha = beta = 0.0
+    if cost is not None:
+        alpha, beta = cost.alpha, cost.beta
+    limit: float = max_instances
+    bounded = alpha > 0
+    wait_until = now + batch_timeout
+    if bounded:
+        room = (earliest - now - beta) / alpha  # Clipper's b_max for the head's deadline
+        if room >= size:
+            limit = min(limit, room)
+            if batch_timeout > 0:  # CORK: stop waiting while a full batch still meets the head
+                wait_until = min(wait_until, earliest - alpha * limit - beta)
+        else:
+            bounded = False  # the head is late whatever runs: the full batch, for the requests behind
+    while size < limit:
         if not pending:
             remaining = wait_until - time.monotonic()
             if remaining <= 0:
@@ -58,9 +93,15 @@ def collect(inbox: Inbox, max_instances: int, batch_timeout: float, idle_wait: f
             inbox.poll(remaining)
             if not pending:
                 continue
-        next_size = pending[0][1].size
-        if size + next_size > max_instances:
+        following = pending[0][1]
+        next_size = following.size
+        if size + next_size > limit:
             break
+        if bounded and following.deadline < earliest:  # rare: a shorter own deadline behind the head
+            room = (following.deadline - now - beta) / alpha
+            if size + next_size > room:
+                break  # it would make the batch late, and the batch is on time without it
+            earliest, limit = following.deadline, min(limit, room)
         batch.append(pending.popleft())
         size += next_size
     return batch

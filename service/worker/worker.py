@@ -174,8 +174,9 @@ class ModelWorker:
         batch_timeout = cfg.batch_timeout_ms / 1000.0
         try:
             while True:
-                # Batches stop at the learned curve's throughput peak (docs/scheduling.md).
-                batch = collect(inbox, self.cost.best_batch_size, batch_timeout)
+                # Batches stop at the learned curve's throughput peak, or before a deadline would be missed
+                # (docs/scheduling.md).
+                batch = collect(inbox, self.cost.best_batch_size, batch_timeout, cost=self.cost.cost)
                 if not batch:
                     continue
                 replies = batches.run_batch([request for _, request in batch])
