@@ -80,6 +80,7 @@ def build_server(
         request_timeout_s=server_cfg.request_timeout_s,
         max_body_bytes=server_cfg.max_payload_bytes,
         api_key=api_key.encode() if api_key else None,
+        nice=server_cfg.api_server_nice,
     )
     plan = ServingPlan(
         shared=shared,

@@ -109,6 +109,13 @@ class ServerConfig(_Strict):
         default_factory=list,
         description="With model_control explicit: the models loaded at start; ['*'] = all.",
     )
+    api_server_nice: int = Field(
+        default=0,
+        ge=0,
+        le=19,
+        description="Lower the API servers' CPU priority by this (os.nice) so that, under a refusal flood on "
+        "a small machine, the workers keep the CPU (docs/scheduling.md); 0: unchanged.",
+    )
     max_units: int = Field(
         default=32,
         ge=1,

@@ -110,9 +110,22 @@ def _hookserve(
     monitoring: str = "on", api_servers: int = 0, src_env: str = "HOOKSERVE_SRC"
 ) -> Callable[[ServerContext], list[str]]:
     def command(ctx: ServerContext) -> list[str]:
-        cmd = [ctx.python, str(SERVERS / "hookserve_launch.py"), "--model", ctx.model, "--host", ctx.host,
-               "--port", str(ctx.port), "--workdir", str(ctx.workdir), "--monitoring", monitoring,
-               "--src-env", src_env]
+        cmd = [
+            ctx.python,
+            str(SERVERS / "hookserve_launch.py"),
+            "--model",
+            ctx.model,
+            "--host",
+            ctx.host,
+            "--port",
+            str(ctx.port),
+            "--workdir",
+            str(ctx.workdir),
+            "--monitoring",
+            monitoring,
+            "--src-env",
+            src_env,
+        ]
         return cmd + (["--api-servers", str(api_servers)] if api_servers else [])
 
     return command
@@ -133,7 +146,7 @@ def _hookserve_body(body: dict) -> bytes:
         if len(dims) == 1:
             return list(flat)
         step = len(flat) // dims[0]
-        return [nest(flat[i * step:(i + 1) * step], dims[1:]) for i in range(dims[0])]
+        return [nest(flat[i * step : (i + 1) * step], dims[1:]) for i in range(dims[0])]
 
     return json.dumps({"instances": [nest(values, shape)]}, separators=(",", ":")).encode()
 

@@ -179,6 +179,8 @@ class FrontRouter:
         return watched
 
     async def _start(self) -> None:
+        if self.plan.server.nice:
+            os.nice(self.plan.server.nice)  # this API server only (after the fork)
         request_tracer = None
         if self.plan.tracing is not None:  # a tracer per API server, built after the fork
             from service.tracing.provider import start_tracer

@@ -32,6 +32,7 @@ class ServerSettings:
     request_timeout_s: float
     max_body_bytes: int
     api_key: bytes | None
+    nice: int = 0  # server.api_server_nice, applied in each API server as it starts
 
 
 def route_settings(served: ServedVersion, server: ServerSettings) -> RouteSettings:

@@ -14,8 +14,8 @@ import copy
 from service.config import ModelServeConfig
 from service.http.admission import AdmissionGate
 from service.pool.table import TableStore
-from service.scheduling.budget import TargetBudget
 from service.scheduling.board import CostBoard
+from service.scheduling.budget import TargetBudget
 from service.worker_states import WorkerStates
 
 MAX_PRIORITY_LEVELS = 8  # ModelServeConfig.priority_levels is at most this

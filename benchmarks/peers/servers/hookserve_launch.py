@@ -48,6 +48,8 @@ src = os.environ.get(args.src_env) or (str(REPO) if args.src_env == "HOOKSERVE_S
 py = os.environ.get("HOOKSERVE_PY") or str(REPO / ".venv" / "bin" / "python")
 if not src or not Path(py).exists():
     raise SystemExit(f"set {args.src_env} (a hookserve checkout) and HOOKSERVE_PY (a venv python with it installed)")
-env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), src, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+env = dict(
+    os.environ, PYTHONPATH=os.pathsep.join([str(HERE), src, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+)
 os.chdir(src)
 os.execve(py, [py, "-m", "service", "serve", "--config", str(config)], env)
