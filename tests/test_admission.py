@@ -142,7 +142,7 @@ def test_a_request_predicted_to_miss_its_own_timeout_is_refused_at_once() -> Non
 
 def test_time_already_spent_in_the_api_server_counts_against_the_target() -> None:
     gate, board = gate_with_cost("waited", target_s=0.2)
-    board.publish("waited", 0, 0.001, 0.02)  # a lone 4-instance request: 24 ms of forward time
+    board.publish(0, 0, 0.001, 0.02)  # a lone 4-instance request: 24 ms of forward time
     assert gate.admit(4, waited_s=0.1) is None
     gate.leave(4)
     rejection = gate.admit(4, waited_s=0.19)  # 190 ms already waited + 24 ms > 200 ms
@@ -151,7 +151,7 @@ def test_time_already_spent_in_the_api_server_counts_against_the_target() -> Non
 
 def test_the_early_refusal_needs_only_the_queue_ahead_and_counts_nothing_in_it() -> None:
     gate, board = gate_with_cost("early", target_s=0.2)
-    board.publish("early", 0, 0.001, 0.02)
+    board.publish(0, 0, 0.001, 0.02)
     assert gate.refuse_early() is None  # an empty queue: the body is worth reading
     for _ in range(13):
         assert gate.admit(4) is None  # 52 queued
@@ -172,7 +172,7 @@ def test_no_early_refusal_without_a_target() -> None:
 
 def test_late_answers_shrink_the_admitted_work_and_on_time_ones_restore_it() -> None:
     gate, board = gate_with_cost("budgeted", target_s=0.2)
-    board.publish("budgeted", 0, 0.001, 0.02)
+    board.publish(0, 0, 0.001, 0.02)
     first, _ = admit_until_refused(gate, 4)
     for _ in range(first):
         gate.leave(4, answered_s=0.5)  # every answer late: the budget is cut (once per cooldown)

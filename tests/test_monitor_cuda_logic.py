@@ -65,7 +65,7 @@ def test_armed_batches_sync_once_and_count_nonfinite_from_the_copy(fake_cuda: No
                 model(torch.randn(5, 4))
     monitor.detach()
     assert FakeStream.syncs == 3
-    labels = {"model": "fake-cuda-armed"}
+    labels = {"model": "fake-cuda-armed", "version": "1"}
     assert REGISTRY.get_sample_value("hookserve_activation_nonfinite_total", {**labels, "module": "0"}) == 0
     assert REGISTRY.get_sample_value("hookserve_activation_nonfinite_total", {**labels, "module": "1"}) == 3
     assert REGISTRY.get_sample_value("hookserve_activation_nonfinite_total", {**labels, "module": "2"}) == 6

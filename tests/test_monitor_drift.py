@@ -45,7 +45,9 @@ def live_psi(model: nn.Module, reference: Reference, data: torch.Tensor) -> dict
                 model(data[torch.randint(0, len(data), (32,), generator=generator)])
     monitor.detach()
     return {
-        module: REGISTRY.get_sample_value("hookserve_activation_drift_psi", {"model": name, "module": module})
+        module: REGISTRY.get_sample_value(
+            "hookserve_activation_drift_psi", {"model": name, "version": "1", "module": module}
+        )
         for module in monitor.module_names
     }
 
@@ -85,7 +87,7 @@ def test_psi_waits_for_a_full_window() -> None:
                 model(torch.randn(64, 4))
             seen.append(
                 REGISTRY.get_sample_value(
-                    "hookserve_activation_drift_psi", {"model": "drift-window", "module": "0"}
+                    "hookserve_activation_drift_psi", {"model": "drift-window", "version": "1", "module": "0"}
                 )
             )
     monitor.detach()

@@ -28,7 +28,7 @@ def every_batch(**overrides: object) -> MonitorConfig:
 
 
 def sample(metric: str, model: str, module: str | None = None) -> float | None:
-    labels = {"model": model} if module is None else {"model": model, "module": module}
+    labels = {"model": model} if module is None else {"model": model, "version": "1", "module": module}
     return REGISTRY.get_sample_value(metric, labels)
 
 

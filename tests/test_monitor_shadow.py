@@ -42,6 +42,10 @@ def serve(monitor: ModelMonitor, model: nn.Module, x: torch.Tensor, precision: s
 
 
 def value(metric: str, **labels: str) -> float | None:
+    if metric.startswith(
+        ("hookserve_activation", "hookserve_module_forward")
+    ):  # series that carry the version
+        labels = {"version": "1", **labels}
     return REGISTRY.get_sample_value(metric, labels)
 
 

@@ -4,6 +4,7 @@ queue-wait / batch-size metrics recorded once per request and batch, however the
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
 
 import numpy as np
 from prometheus_client import REGISTRY
@@ -19,6 +20,7 @@ class FakeRunner:
 
     def __init__(self) -> None:
         self.model_name = f"batching-{next(_names)}"
+        self.config = SimpleNamespace(version="1")
         self.forwards: list[int] = []
 
     def predict(self, instances: np.ndarray) -> np.ndarray:
@@ -37,7 +39,7 @@ def request(uid: int, values: list[float], deadline: float = float("inf")) -> In
 
 
 def count(metric: str, model: str) -> float:
-    return REGISTRY.get_sample_value(f"{metric}_count", {"model": model}) or 0.0
+    return REGISTRY.get_sample_value(f"{metric}_count", {"model": model, "version": "1"}) or 0.0
 
 
 def test_each_request_gets_its_own_rows_in_order() -> None:
