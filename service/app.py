@@ -21,7 +21,7 @@ from service.http.routes import ServedModels, add_routes
 from service.litserve_compat import CompatLitServer
 from service.model_loading import describe_model
 from service.monitoring.metrics import REJECTED, WORKERS_READY
-from service.repository import ModelRepository, catalog
+from service.repository import ModelRepository, catalog, mirror_candidate
 from service.scheduling.board import CostBoard
 from service.supervisor import Supervisor
 from service.tracing.settings import resolve as resolve_tracing
@@ -79,7 +79,8 @@ def build_server(config: HookserveConfig, repository: ModelRepository | None = N
             max_batch_size=model_cfg.max_batch_size,
             priority_levels=model_cfg.priority_levels,
         )
-        workers.append(ModelWorker(model_cfg, states, costs, tracing))
+        candidate = mirror_candidate(repository.models.get(model_cfg.name) if repository else None, model_cfg)
+        workers.append(ModelWorker(model_cfg, states, costs, tracing, mirror_candidate=candidate))
         for reason in REASONS:  # exported at 0, so increase() sees the first one
             REJECTED.labels(model_cfg.name, reason)
         WORKERS_READY.labels(model_cfg.name).set(0)  # the main process's 0 keeps the series when none is

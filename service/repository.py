@@ -176,6 +176,8 @@ def served_models(server: ServerConfig, repository: ModelRepository) -> list[str
 
 def resolve_models(config: HookserveConfig) -> tuple[HookserveConfig, ModelRepository | None]:
     """``config`` with the repository's start-up models added to ``models:``, and the repository read."""
+    for entry in config.models:
+        mirror_candidate(None, entry)  # a models: entry cannot mirror: one clear error, before any start
     if config.server.model_repository is None:
         return config, None
     repository = scan_repository(config.server.model_repository)
@@ -194,6 +196,33 @@ def resolve_models(config: HookserveConfig) -> tuple[HookserveConfig, ModelRepos
             "(with model_control explicit, name some in load_models; live loading is not built yet)"
         )
     return HookserveConfig(server=config.server, models=[*config.models, *loaded]), repository
+
+
+def mirror_candidate(model: RepositoryModel | None, served: ModelServeConfig) -> ModelServeConfig | None:
+    """The config of the version ``served.mirror`` names, on ``served``'s device and precision (the
+    serving version's workers run it); None without a mirror. ``model``: the repository folder ``served``
+    comes from (None: a ``models:`` entry, which has no other version to mirror)."""
+    mirror = served.mirror
+    if mirror is None:
+        return None
+    if model is None:
+        raise RepositoryError(
+            f"model {served.name}: mirror compares versions of a model from the model repository "
+            "(server.model_repository); a models: entry has one version only"
+        )
+    if mirror.version == served.version:
+        raise RepositoryError(
+            f"{model.path / MODEL_FILE}: version {served.version} mirrors itself; mirror.version names "
+            "another version (the candidate)"
+        )
+    candidate = model.versions.get(int(mirror.version))
+    if candidate is None:
+        raise RepositoryError(
+            f"{model.path / MODEL_FILE}: mirror.version {mirror.version} has no version folder "
+            f"{str(model.path / mirror.version)!r}; found versions {sorted(model.versions)}"
+        )
+    placed = {"device": served.device, "precision": served.precision, "mirror": None}
+    return candidate.model_copy(update=placed)
 
 
 def catalog(config: HookserveConfig, repository: ModelRepository | None) -> list[CatalogEntry]:
