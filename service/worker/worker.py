@@ -179,6 +179,7 @@ class ModelWorker:
                 # Batches stop at the learned curve's throughput peak (docs/scheduling.md).
                 batch = collect(inbox, self.cost.best_batch_size, batch_timeout)
                 if not batch:
+                    runner.after_replies()  # idle: mirrored requests that waited long enough run now
                     continue
                 requests = [request for _, request in batch]
                 replies = batches.run_batch(requests)
