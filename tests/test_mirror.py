@@ -118,6 +118,23 @@ def test_the_agreement_waits_for_min_instances_and_the_window_rolls() -> None:
     assert window.top1_agreement is not None
 
 
+def overflowing(second: float) -> torch.nn.Module:
+    """A layer whose first output overflows to +Inf on x = [10, 1], then a softmax (NaN from it)."""
+    layer = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1e38, 0.0], [0.0, second]]))
+    return torch.nn.Sequential(layer, torch.nn.Softmax(dim=1)).eval()
+
+
+def test_non_finite_outputs_follow_the_exact_rule() -> None:
+    x = torch.tensor([[10.0, 1.0]])
+    same = MirrorComparator(overflowing(1.0), overflowing(1.0), ["0"]).compare(x, fp32)
+    assert same.diffs == [0.0, 0.0]  # equal infinities, and NaN on both sides, are no difference
+    other = MirrorComparator(overflowing(1.0), overflowing(2.0), ["0"]).compare(x, fp32)
+    assert other.diffs[0] == 1.0  # |1 - 2|, the equal infinities aside
+    assert other.agreeing == 0  # a NaN answer agrees with nothing
+
+
 def test_modules_only_one_version_has_are_not_compared() -> None:
     comparator = MirrorComparator(cnn(), cnn(), [*MODULES, "not.there"])
     assert comparator.names == MODULES

@@ -61,6 +61,9 @@ class MirrorComparator:
         n = len(self.names)
         self._captured: list[list[torch.Tensor]] = [[] for _ in range(n)]
         self._diffs: list[list[torch.Tensor]] = [[] for _ in range(n)]
+        self._pairs: list[list[tuple[torch.Tensor, torch.Tensor]]] = [
+            [] for _ in range(n)
+        ]  # (candidate, serving)
         self._calls = [0] * n
         self._samples: list[list[torch.Tensor | None]] = [[None, None] for _ in range(n)]
         self._capture = HookSet(
@@ -96,13 +99,19 @@ class MirrorComparator:
         if served.shape == candidate.shape:
             finite = torch.isfinite(candidate).reshape(len(candidate), -1).all(dim=1)
             agree = ((served.argmax(dim=1) == candidate.argmax(dim=1)) & finite).sum().float()
-            output_diff = max_abs_diff(candidate, served)
+            output_diff = _fast_diff(candidate, served)
         else:  # other classes: nothing agrees (the worker refuses such a candidate at start)
             agree, output_diff = served.new_zeros(()), nan
         per_module = [torch.stack(d).amax() if d else nan for d in self._diffs]
         flat = torch.stack([agree, output_diff, *per_module]).tolist()  # the one host copy
+        diffs = flat[2:]
+        for i, value in enumerate(diffs):  # NaN from NaN or Inf - Inf: the exact rule, on the rare case
+            if math.isnan(value) and self._diffs[i]:
+                diffs[i] = max(max_abs_diff(a, b).item() for a, b in self._pairs[i])
+        if math.isnan(flat[1]) and served.shape == candidate.shape:
+            flat[1] = max_abs_diff(candidate, served).item()
         samples = [(s[0], s[1]) for s in self._samples]
-        return BatchComparison(int(flat[0]), len(served), [*flat[2:], flat[1]], samples)
+        return BatchComparison(int(flat[0]), len(served), [*diffs, flat[1]], samples)
 
     def _capture_hook(self, index: int) -> Callable[..., None]:
         captured, samples = self._captured[index], self._samples[index]
@@ -118,12 +127,8 @@ class MirrorComparator:
         return hook
 
     def _compare_hook(self, index: int) -> Callable[..., None]:
-        captured, diffs, calls, samples = (
-            self._captured[index],
-            self._diffs[index],
-            self._calls,
-            self._samples[index],
-        )
+        captured, diffs, pairs = self._captured[index], self._diffs[index], self._pairs[index]
+        calls, samples = self._calls, self._samples[index]
 
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             call = calls[index]
@@ -133,8 +138,10 @@ class MirrorComparator:
                 return
             if samples[1] is None:
                 samples[1] = take_subsample(tensor, SAMPLE_VALUES)
-            if call < len(captured) and captured[call].shape == tensor.shape:
-                diffs.append(max_abs_diff(tensor, captured[call]))
+            if call < len(captured) and captured[call].shape == tensor.shape and tensor.numel():
+                tensor = tensor.detach().clone()  # for the exact rule, should this one come out NaN
+                pairs.append((tensor, captured[call]))
+                diffs.append(_fast_diff(tensor, captured[call]))
 
         return hook
 
@@ -142,6 +149,7 @@ class MirrorComparator:
         for i in range(len(self.names)):
             self._captured[i].clear()
             self._diffs[i].clear()
+            self._pairs[i].clear()
             self._calls[i] = 0
             self._samples[i][:] = [None, None]
 
@@ -261,6 +269,12 @@ class MirrorWindow:
         if child is None:
             child = self._children[(gauge, module)] = gauge.labels(self.model_name, self.version, module)
         return child
+
+
+def _fast_diff(tensor: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """max |tensor - reference| in two passes: exact wherever it comes out finite. NaN (a NaN on either
+    side, or equal infinities) sends the caller to shadow.max_abs_diff's rule, ~15x slower on CPU."""
+    return (tensor.float() - reference.float()).abs().amax()
 
 
 def _psi(serving: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:

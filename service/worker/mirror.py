@@ -4,10 +4,11 @@ A model config's ``mirror: {version, fraction, budget}`` names a candidate versi
 The serving version's worker loads the candidate's weights beside its own (:func:`start_mirror`, same
 device and precision). While serving, :meth:`RequestMirror.after_replies` runs once a batch's replies
 are sent; it keeps a reference to the inputs of about ``fraction`` of the answered requests (a geometric
-skip count: one subtraction per batch between picks, no hook and no copy on the served path). Once
-``max_batch_size`` instances are kept, or the oldest has waited ``MAX_WAIT_S``, and the budget allows, it
-runs both versions on them (:class:`~service.monitoring.mirror.MirrorComparator`) and publishes the
-comparison (:class:`~service.monitoring.mirror.MirrorWindow`).
+skip count: one subtraction per batch between picks, no hook and no copy on the served path). Once a
+batch's worth is kept (the worker's learned throughput peak, where served batches stop too), or the
+oldest has waited ``MAX_WAIT_S``, and the budget allows, it runs both versions on them
+(:class:`~service.monitoring.mirror.MirrorComparator`) and publishes the comparison
+(:class:`~service.monitoring.mirror.MirrorWindow`).
 
 Budget: the mirror earns ``budget`` seconds of work per second of wall time (at most ``CREDIT_S`` seconds'
 worth saved up) and spends what each run takes, so under full load it takes about ``budget`` of the
@@ -23,7 +24,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -57,7 +58,10 @@ class RequestMirror:
         precision: str,
         max_rows: int,
         monitor: Any = None,
+        batch_rows: Callable[[], int] | None = None,
     ) -> None:
+        """``batch_rows()``: how many instances a mirrored batch should have now (the worker's learned
+        throughput peak); at most ``max_rows``, which it is without one."""
         self.model_name = model_name
         self.config = config
         self.version = config.version
@@ -68,6 +72,8 @@ class RequestMirror:
         self.device = device
         self.precision = precision
         self.max_rows = max_rows
+        self._batch_rows = batch_rows
+        self._wanted = max_rows  # instances kept before a run: batch_rows() at the last run, at most max_rows
         self._monitor = monitor  # its hooks (and the fp32 shadow's capture) sit the mirror's passes out
         self._log_fraction = math.log1p(-config.fraction) if config.fraction < 1.0 else None
         self._skip = self._draw_skip()
@@ -98,14 +104,14 @@ class RequestMirror:
             self._failed()
 
     def offer(self, requests: Sequence[InferRequest], replies: Sequence[InferReply]) -> None:
-        """Keep about ``fraction`` of the answered (200) requests' inputs, up to ``max_rows`` instances."""
+        """Keep about ``fraction`` of the answered (200) requests' inputs, up to a mirrored batch's worth."""
         skip = self._skip
         if skip >= len(requests):
             self._skip = skip - len(requests)
             return
         position = skip
         while position < len(requests):
-            if self._kept_rows >= self.max_rows:  # full: pass over the rest of this batch
+            if self._kept_rows >= self._wanted:  # full: pass over the rest of this batch
                 self._skip = self._draw_skip()
                 return
             if replies[position].status == 200:
@@ -125,9 +131,11 @@ class RequestMirror:
         now = _perf_counter()
         self._credit = min(self._credit + self.config.budget * (now - self._credited_at), self._credit_cap)
         self._credited_at = now
-        if self._credit < 0.0 or (self._kept_rows < self.max_rows and now - self._kept_since < MAX_WAIT_S):
+        if self._credit < 0.0 or (self._kept_rows < self._wanted and now - self._kept_since < MAX_WAIT_S):
             return
         kept, self._kept, self._kept_rows = self._kept, [], 0
+        if self._batch_rows is not None:
+            self._wanted = max(1, min(self._batch_rows(), self.max_rows))
         try:
             self._run(kept)
         finally:
@@ -168,6 +176,7 @@ def start_mirror(
     model: ServableModel,
     device: torch.device,
     monitor: Any = None,
+    batch_rows: Callable[[], int] | None = None,
 ) -> RequestMirror:
     """Load the candidate version beside the serving ``model`` (same loader, device and precision), check
     that it takes the same input and gives the same classes, warm it up. Raises :class:`StartupError`."""
@@ -197,4 +206,5 @@ def start_mirror(
         "%s: mirroring %.3g of requests to version %s, comparing %d shared module(s) and the output",
         served.name, mirror.fraction, candidate.version, len(comparator.names),
     )  # fmt: skip
-    return RequestMirror(served.name, mirror, comparator, device, served.precision, max_rows, monitor)
+    args = served.name, mirror, comparator, device, served.precision, max_rows
+    return RequestMirror(*args, monitor=monitor, batch_rows=batch_rows)

@@ -103,7 +103,9 @@ class ModelWorker:
         monitor = attach_monitor(cfg, model, device)
         self.runner = ModelRunner(cfg, model, device, monitor, observe_cost=self.cost.observe)
         if self.mirror_candidate is not None:
-            self.runner.mirror = start_mirror(cfg, self.mirror_candidate, model, device, monitor)
+            self.runner.mirror = start_mirror(
+                cfg, self.mirror_candidate, model, device, monitor, lambda: self.cost.best_batch_size
+            )  # mirrored batches stop where served ones do: at the learned throughput peak
         self.cost.attach(worker_id)
         warm_seconds = warm_up(model, device, cfg.precision, cfg.max_batch_size, observe=self.cost.seed)
         self._export_start_metrics(report, monitored=monitor is not None)
