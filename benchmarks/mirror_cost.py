@@ -5,7 +5,7 @@
 Two hookserve servers (1 API server, 1 worker, monitoring on) serve digits-cnn version 1 from a
 repository built in a temp folder; one mirrors ``--fraction`` of its requests to version 2 (the shipped
 weights with noise on ``features.conv3``), the other does not. Windows alternate between them (off,
-mirror, off, ...) so each sees the same machine; the table shows medians, the mirror's ratio to "off",
+mirror, mirror, off, ...) so each sees the same machine; the table shows medians, the mirror's ratio to "off",
 and how many requests were mirrored (``hookserve_mirror_requests_total``) of those answered.
 """
 
@@ -90,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers.values():  # warm-up
             run_load(server.predict_url, bodies, args.concurrency, 2)
         before = {mode: counts(server.base_url) for mode, server in servers.items()}
-        for _ in range(args.repeats):
-            for mode, server in servers.items():
+        for repeat in range(args.repeats):  # off, mirror, mirror, off, ...: neither always goes first
+            order = list(servers.items())
+            for mode, server in order if repeat % 2 == 0 else reversed(order):
                 results[mode].append(run_load(server.predict_url, bodies, args.concurrency, args.duration))
                 time.sleep(0.5)
         time.sleep(1.5)  # the last kept requests run once they waited
