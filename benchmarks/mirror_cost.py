@@ -52,18 +52,20 @@ def server_config(repo: Path) -> dict:
     return {"server": {**server, "model_repository": str(repo)}, "models": []}
 
 
-def counts(base_url: str) -> tuple[float, float]:
-    """(answered 200s, mirrored requests) so far."""
+def counts(base_url: str) -> tuple[float, float, float]:
+    """(answered 200s, mirrored requests, monitoring overhead seconds) so far."""
     _, body = http_get(f"{base_url}/metrics")
     text = body.decode(errors="replace")
     answered = sum_samples(text, "hookserve_requests_total", model=MODEL, code="200")
-    return answered, sum_samples(text, "hookserve_mirror_requests_total", model=MODEL)
+    mirrored = sum_samples(text, "hookserve_mirror_requests_total", model=MODEL)
+    return answered, mirrored, sum_samples(text, "hookserve_monitor_overhead_seconds_total", model=MODEL)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fraction", type=float, default=0.05)
     parser.add_argument("--budget", type=float, default=None, help="mirror.budget (default: hookserve's)")
+    parser.add_argument("--aa", action="store_true", help="both servers without mirror: the noise floor")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--repeats", type=int, default=3)
@@ -73,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     mirror = {"version": "2", "fraction": args.fraction}
     if args.budget is not None:
         mirror["budget"] = args.budget
-    modes = {"off": None, f"mirror {args.fraction:g}": mirror}
+    modes = {
+        "off": None,
+        "off again" if args.aa else f"mirror {args.fraction:g}": None if args.aa else mirror,
+    }
     servers = {}
     try:
         for mode, settings in modes.items():
@@ -103,16 +108,18 @@ def main(argv: list[str] | None = None) -> int:
     base = statistics.median(r.ok_per_s for r in results["off"])
     windows = f"{args.repeats} x {args.duration:g} s windows (medians)"
     print(f"model {MODEL}, {args.concurrency} clients, {windows}")
-    print("| mode | req/s | x off | p50 ms | p99 ms | errors | mirrored / answered |")
+    print("| mode | req/s | x off | p50 ms | p99 ms | errors | mirrored / answered, overhead |")
     print("|---|---|---|---|---|---|---|")
     for mode, windows in results.items():
         rate = statistics.median(r.ok_per_s for r in windows)
         p50 = statistics.median(r.p50_ms for r in windows)
         p99 = statistics.median(r.p99_ms for r in windows)
         errors = sum(r.errors for r in windows)
-        answered, mirrored = (a - b for a, b in zip(after[mode], before[mode], strict=True))
-        share = f"{mirrored:,.0f} / {answered:,.0f} ({mirrored / max(answered, 1):.3f})"
+        answered, mirrored, overhead = (a - b for a, b in zip(after[mode], before[mode], strict=True))
+        share = f"{mirrored:,.0f} / {answered:,.0f} ({mirrored / max(answered, 1):.3f}), {overhead:.2f} s"
         print(f"| {mode} | {rate:,.0f} | {rate / base:.3f} | {p50:.2f} | {p99:.2f} | {errors} | {share} |")
+    for mode, windows in results.items():  # the spread: a busy machine shows here
+        print(f"{mode} windows req/s: {', '.join(f'{r.ok_per_s:,.0f}' for r in windows)}")
     return 0
 
 
