@@ -137,8 +137,8 @@ class MirrorConfig(_Strict):
         gt=0,
         le=1,
         description="The share of a worker's time the mirror may take (both models' forwards on the "
-        "mirrored requests and the comparison); past it fewer requests are mirrored than fraction asks. "
-        "Under full load it is about the share of throughput it costs. 1: no limit (a short full mirror).",
+        "mirrored requests and the comparison, timed in the worker); past it fewer requests are mirrored "
+        "than fraction asks. 1: no limit (a short full mirror).",
     )
     window_instances: int = Field(
         default=1024, ge=1, le=1_000_000, description="Agreement, max |diff| and PSI are over this many."

@@ -11,7 +11,7 @@ oldest has waited ``MAX_WAIT_S``, and the budget allows, it runs both versions o
 (:class:`~service.monitoring.mirror.MirrorWindow`).
 
 Budget: the mirror earns ``budget`` seconds of work per second of wall time (at most ``CREDIT_S`` seconds'
-worth saved up) and spends what each run takes, so under full load it takes about ``budget`` of the
+worth saved up) and spends what each run takes, so its own timed runs take about ``budget`` of the
 worker's time; over budget it keeps no more requests and waits. Its time counts in
 ``hookserve_monitor_overhead_seconds_total``. Nothing in it can fail a request: the replies are sent
 before it runs, and an exception is logged (the first one with its traceback) and counted in
