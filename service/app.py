@@ -66,8 +66,9 @@ def build_server(
         if plan.in_repository:
             MODEL_LOAD_FAILURES.labels(plan.name)
 
-    def make_worker(model_cfg: ModelServeConfig, unit: int) -> ModelWorker:
-        return ModelWorker(model_cfg, shared.states, shared.costs, tracing, unit=unit)
+    def make_worker(model_cfg: ModelServeConfig, unit: int, mirror: ModelServeConfig | None) -> ModelWorker:
+        states, costs = shared.states, shared.costs
+        return ModelWorker(model_cfg, states, costs, tracing, unit=unit, mirror_candidate=mirror)
 
     pool = WorkerPool(shared.states)
     manager = ModelManager(server_cfg, repository, shared, pool, make_worker)

@@ -144,6 +144,28 @@ class ServerConfig(_Strict):
         return self
 
 
+class MirrorConfig(_Strict):
+    """A candidate version that a share of this version's requests also run on, after their replies are
+    sent, compared module by module (service/monitoring/mirror.py; docs/operate.md#mirror)."""
+
+    version: str = Field(pattern=r"^[1-9][0-9]*$", description="The candidate: a version of this model.")
+    fraction: float = Field(gt=0, le=1, description="The share of answered requests that are also mirrored.")
+    budget: float = Field(
+        default=0.03,
+        gt=0,
+        le=1,
+        description="The share of a worker's time the mirror may take (both models' forwards on the "
+        "mirrored requests and the comparison, timed in the worker); past it fewer requests are mirrored "
+        "than fraction asks. 1: no limit (a short full mirror).",
+    )
+    window_instances: int = Field(
+        default=1024, ge=1, le=1_000_000, description="Agreement, max |diff| and PSI are over this many."
+    )
+    min_instances: int = Field(
+        default=100, ge=1, description="Agreement and PSI are published once the window holds this many."
+    )
+
+
 class ModelServeConfig(_Strict):
     """How one model is served."""
 
@@ -187,6 +209,9 @@ class ModelServeConfig(_Strict):
     )
     torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads per worker.")
     monitoring: MonitorConfig = MonitorConfig()
+    mirror: MirrorConfig | None = Field(
+        default=None, description="Repository models only: compare a candidate version on live requests."
+    )
 
     @field_validator("device")
     @classmethod

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,10 +55,12 @@ class ModelPlan:
     default_version: str
     traffic: dict[str, int] | None = None  # weights by version (a canary); None: all to default_version
     in_repository: bool = False
+    mirrors: dict[str, ModelServeConfig] = field(default_factory=dict)  # by serving version: its candidate
 
     @classmethod
     def single(cls, config: ModelServeConfig) -> ModelPlan:
-        """A ``models:`` entry: one version."""
+        """A ``models:`` entry: one version (which cannot mirror: a clear error now)."""
+        mirror_candidate(None, config)
         return cls(config.name, {config.version: config}, config.version)
 
 
@@ -103,7 +105,8 @@ class RepositoryModel:
                 raise RepositoryError(f"{where}: the traffic weights must not all be 0")
             traffic = {str(v): w for v, w in self.traffic.items() if w > 0}
         configs = {str(v): self.versions[v] for v in selected}
-        return ModelPlan(self.name, configs, str(default), traffic, in_repository=True)
+        mirrors = {v: m for v, c in configs.items() if (m := mirror_candidate(self, c)) is not None}
+        return ModelPlan(self.name, configs, str(default), traffic, in_repository=True, mirrors=mirrors)
 
 
 @dataclass(frozen=True)
@@ -222,6 +225,33 @@ def startup_plans(config: HookserveConfig) -> tuple[list[ModelPlan], ModelReposi
         )
     plans += [repository.models[name].plan() for name in served_models(config.server, repository)]
     return plans, repository
+
+
+def mirror_candidate(model: RepositoryModel | None, served: ModelServeConfig) -> ModelServeConfig | None:
+    """The config of the version ``served.mirror`` names, on ``served``'s device and precision (the
+    serving version's workers run it); None without a mirror. ``model``: the repository folder ``served``
+    comes from (None: a ``models:`` entry, which has no other version to mirror)."""
+    mirror = served.mirror
+    if mirror is None:
+        return None
+    if model is None:
+        raise RepositoryError(
+            f"model {served.name}: mirror compares versions of a model from the model repository "
+            "(server.model_repository); a models: entry has one version only"
+        )
+    if mirror.version == served.version:
+        raise RepositoryError(
+            f"{model.path / MODEL_FILE}: version {served.version} mirrors itself; mirror.version names "
+            "another version (the candidate)"
+        )
+    candidate = model.versions.get(int(mirror.version))
+    if candidate is None:
+        raise RepositoryError(
+            f"{model.path / MODEL_FILE}: mirror.version {mirror.version} has no version folder "
+            f"{str(model.path / mirror.version)!r}; found versions {sorted(model.versions)}"
+        )
+    placed = {"device": served.device, "precision": served.precision, "mirror": None}
+    return candidate.model_copy(update=placed)
 
 
 # -- reading and merging model.yaml files

@@ -758,13 +758,84 @@ def model_internals() -> dict:
             width=8,
             min_value=0,
         ),
+        Row("Mirror (a candidate version on live requests)"),
+        Panel(
+            "Mirror top-1 agreement",
+            "Share of mirrored instances whose top-1 class is the same on the candidate version (the "
+            "version label) as on the serving one, over the mirror's rolling window, worst live worker of "
+            "any replica (hookserve_mirror_top1_agreement). Below 0.95 for 15 minutes fires "
+            "HookserveMirrorDisagreement.",
+            "percentunit",
+            [
+                Target(
+                    f"min by (model, version) (hookserve_mirror_top1_agreement{{{MODEL}}})",
+                    "{{model}} v{{version}}",
+                )
+            ],
+            width=6,
+            max_value=1,
+            thresholds=[(0, "red"), (0.95, "green")],
+        ),
+        Panel(
+            "Mirror max |candidate - serving| per module",
+            "Largest absolute difference between the candidate's and the serving version's output of each "
+            "monitored module both have, on the same mirrored inputs, over the rolling window "
+            "(hookserve_mirror_max_abs_diff; module=<output>: the probabilities). 0 up to the first "
+            "module whose weights changed; the first non-zero module is where the versions part.",
+            "none",
+            [
+                Target(
+                    'max by (model, version, module) (hookserve_mirror_max_abs_diff{model=~"$model", '
+                    'module=~"$module|<output>"})',
+                    "{{model}} v{{version}} {{module}}",
+                )
+            ],
+            width=6,
+            min_value=0,
+        ),
+        Panel(
+            "Mirror activation PSI per module",
+            "Population stability index of the candidate's activations of each shared module against the "
+            "serving version's on the same inputs (hookserve_mirror_activation_psi): < 0.1 the same "
+            "distribution, 0.1-0.25 a moderate shift, > 0.25 a different one.",
+            "none",
+            [
+                Target(
+                    f"max by (model, version, module) (hookserve_mirror_activation_psi{{{MODEL_MODULE}}})",
+                    "{{model}} v{{version}} {{module}}",
+                )
+            ],
+            width=6,
+            min_value=0,
+            thresholds=[(0.1, "yellow"), (0.25, "red")],
+        ),
+        Panel(
+            "Mirrored requests",
+            "Requests answered by the serving version that also ran on the candidate, per second, summed "
+            "over replicas (hookserve_mirror_requests_total), and failed mirror runs "
+            "(hookserve_mirror_failures_total). Fewer than mirror.fraction asks when mirror.budget limits "
+            "it; its time is part of the monitoring overhead.",
+            "reqps",
+            [
+                Target(
+                    f"sum by (model, version) (rate(hookserve_mirror_requests_total{{{MODEL}}}{RATE}))",
+                    "{{model}} v{{version}}",
+                ),
+                Target(
+                    f"sum by (model, version) (rate(hookserve_mirror_failures_total{{{MODEL}}}{RATE}))",
+                    "{{model}} v{{version}} failed runs",
+                ),
+            ],
+            width=6,
+            min_value=0,
+        ),
     ]
     return _dashboard(
         "hookserve-internals",
         "hookserve / Model internals",
         "What forward hooks see inside the served models: per-module latency, activation statistics, "
-        "non-finite values and their origin, drift, bypassed hooks, the fp32 precision shadow and the "
-        "cost of monitoring itself.",
+        "non-finite values and their origin, drift, bypassed hooks, the fp32 precision shadow, a mirrored "
+        "candidate version and the cost of monitoring itself.",
         [
             _query_variable("model", "Model", "label_values(hookserve_model_info, model)"),
             _query_variable(

@@ -227,6 +227,37 @@ SHADOW_MAX_ABS_DIFF = Gauge(
     ["model", "module"],
     multiprocess_mode="livemax",
 )
+MIRROR_REQUESTS = Counter(
+    "hookserve_mirror_requests_total",
+    "Requests answered by the serving version that also ran on the mirrored candidate version (the label).",
+    ["model", "version"],
+)
+MIRROR_FAILURES = Counter(
+    "hookserve_mirror_failures_total",
+    "Mirror runs that raised (logged; the requests' answers were already sent and are not affected).",
+    ["model", "version"],
+)
+MIRROR_TOP1_AGREEMENT = Gauge(
+    "hookserve_mirror_top1_agreement",
+    "Fraction of mirrored instances whose top-1 class is the same on the candidate version as on the serving "
+    "one, over the rolling window (the worst live worker); absent until the window holds min_instances.",
+    ["model", "version"],
+    multiprocess_mode="livemin",
+)
+MIRROR_MAX_ABS_DIFF = Gauge(
+    "hookserve_mirror_max_abs_diff",
+    "Largest |candidate - serving| of a monitored module's output that both versions have (module=<output>: "
+    "the probabilities) over the mirror's rolling window (the worst live worker).",
+    ["model", "version", "module"],
+    multiprocess_mode="livemax",
+)
+MIRROR_ACTIVATION_PSI = Gauge(
+    "hookserve_mirror_activation_psi",
+    "Population stability index of the candidate version's activations of a shared monitored module against "
+    "the serving version's on the same mirrored inputs, over the rolling window (the worst live worker).",
+    ["model", "version", "module"],
+    multiprocess_mode="livemax",
+)
 MONITOR_OVERHEAD = Counter(
     "hookserve_monitor_overhead_seconds_total",
     "Time spent inside monitoring hooks and their publication, in seconds.",

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import TracebackType
 
 import torch
@@ -365,10 +365,16 @@ class ModelMonitor:
         :mod:`service.monitoring.origin`), or ``None`` when the replay came out finite. Call between
         batches. The monitor's own hooks sit the replay out; its cost counts as monitoring overhead."""
         started = _perf_counter()
-        with self._hooks.suspended(), self.shadow.capture_suspended() if self.shadow else nullcontext():
+        with self.sitting_out():
             located = locate_labelled(self.model, x.to(self.device), context, self.module_names)
         self.meter.add(0.0, _perf_counter() - started)
         return located
+
+    @contextmanager
+    def sitting_out(self) -> Iterator[None]:
+        """The monitor's hooks and the shadow's capture sit out the passes inside: no served batches."""
+        with self._hooks.suspended(), self.shadow.capture_suspended() if self.shadow else nullcontext():
+            yield
 
     def count_origin(self, module: str) -> None:
         """Count one request whose non-finite output started at ``module``."""

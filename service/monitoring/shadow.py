@@ -181,7 +181,7 @@ class PrecisionShadow:
             tensor = first_tensor(output)
             if tensor is None or call >= len(captured) or captured[call].shape != tensor.shape:
                 return
-            diffs.append(_max_abs_diff(tensor, captured[call]))
+            diffs.append(max_abs_diff(tensor, captured[call]))
 
         return hook
 
@@ -218,7 +218,7 @@ class PrecisionShadow:
         zero = torch.zeros((), device=served.device)
         per_module = [torch.stack(d).amax() if d else zero.new_full((), math.nan) for d in self._diffs]
         values = torch.stack(
-            [agree.sum().float(), finite.sum().float(), _max_abs_diff(served, reference), *per_module]
+            [agree.sum().float(), finite.sum().float(), max_abs_diff(served, reference), *per_module]
         )
         flat = values.tolist()  # the one host copy (a sync on CUDA)
         return int(flat[0]), int(flat[1]), [*flat[3:], flat[2]]
@@ -261,7 +261,7 @@ class PrecisionShadow:
         self.pending = self.capturing_batch = False
 
 
-def _max_abs_diff(tensor: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+def max_abs_diff(tensor: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """max |tensor - reference| as a 0-d float32 tensor. Where both overflowed alike (Inf - Inf) it
     counts 0; where only one is non-finite, Inf: an overflow the other precision does not have."""
     a, b = tensor.float(), reference.float()

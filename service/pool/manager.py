@@ -53,14 +53,14 @@ class ModelManager:
         repository: ModelRepository | None,
         shared: SharedSlots,
         pool: WorkerPool,
-        make_worker: Callable[[ModelServeConfig, int], Any],
+        make_worker: Callable[[ModelServeConfig, int, ModelServeConfig | None], Any],
         api_server_pids: Callable[[], Iterable[int]] = lambda: (),
     ) -> None:
         self.server = server
         self.repository = repository
         self.shared = shared
         self.pool = pool
-        self.make_worker = make_worker  # (config, unit) -> the worker object each process runs
+        self.make_worker = make_worker  # (config, unit, mirror) -> the worker object each process runs
         self.api_server_pids = api_server_pids
         self.table = ServingTable(0)
         self._lock = threading.Lock()
@@ -74,7 +74,10 @@ class ModelManager:
         for plan in plans:
             versions = {}
             for version, config in plan.versions.items():
-                versions[version] = ServedVersion(self.pool.allocate(), config, describe_model(config))
+                mirror = plan.mirrors.get(version)
+                versions[version] = ServedVersion(
+                    self.pool.allocate(), config, describe_model(config), mirror
+                )
             models[plan.name] = ServedModel(plan.name, versions, plan.default_version, plan.traffic)
             catalog[plan.name] = _loaded_status(models[plan.name])
         self._publish(models=models, catalog=catalog)
@@ -83,7 +86,8 @@ class ModelManager:
         """Start the prepared versions' workers and wait until all are ready; raise when one cannot."""
         units = [served for model in self.table.models.values() for served in model.versions.values()]
         for served in units:
-            self.pool.start(self.make_worker(served.config, served.unit), served.config.workers)
+            worker = self.make_worker(served.config, served.unit, served.mirror)
+            self.pool.start(worker, served.config.workers)
         for served in units:
             try:
                 self.pool.wait_ready(served.unit, self.server.model_load_timeout_s)
@@ -104,7 +108,9 @@ class ModelManager:
             kept = {
                 v: served
                 for v, served in (current.versions.items() if current else ())
-                if v in plan.versions and served.config == plan.versions[v]
+                if v in plan.versions
+                and served.config == plan.versions[v]
+                and served.mirror == plan.mirrors.get(v)
             }
             self._set_status(name, "LOADING", plan)
             began = time.monotonic()
@@ -169,9 +175,10 @@ class ModelManager:
                 if version in kept:
                     continue
                 description = describe_model(config)  # fails here (import, weights) before any spawn
+                mirror = plan.mirrors.get(version)
                 unit = self.pool.allocate()
-                self.pool.start(self.make_worker(config, unit), config.workers)
-                versions[version] = ServedVersion(unit, config, description)
+                self.pool.start(self.make_worker(config, unit, mirror), config.workers)
+                versions[version] = ServedVersion(unit, config, description, mirror)
         except Exception:
             self._stop_units([s for v, s in versions.items() if v not in kept])
             raise

@@ -36,6 +36,7 @@ class ServedVersion:
     unit: int
     config: ModelServeConfig
     description: ModelDescription
+    mirror: ModelServeConfig | None = None  # the candidate version its workers compare with (config.mirror)
 
     @property
     def version(self) -> str:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,10 +18,13 @@ import torch
 from models.base import ServableModel
 from service.config import ModelServeConfig
 from service.http.v1_answer import encode_predictions
-from service.messages import PROBABILITIES_F32, InferRequest
+from service.messages import PROBABILITIES_F32, InferReply, InferRequest
 from service.monitoring.metrics import MODEL_FORWARD, OUTPUT_NONFINITE
 from service.monitoring.origin import NonFiniteOutput, Origin
 from service.worker.runtime import serving_mode, synchronize
+
+if TYPE_CHECKING:
+    from service.worker.mirror import RequestMirror
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +66,7 @@ class ModelRunner:
         self._observe_cost = observe_cost
         self._shadow_input: tuple[torch.Tensor, torch.Tensor] | None = None  # (x, output) to shadow
         self._shadow_failed = False
+        self.mirror: RequestMirror | None = None  # a candidate version compared after the replies
 
     def _serving_mode(self) -> Any:
         return serving_mode(self.model, self.device, self.config.precision)
@@ -99,19 +103,23 @@ class ModelRunner:
         # crosses the process boundary instead of a tree of Python floats.
         return encode_predictions(probabilities, self.model.output_spec)
 
-    def after_replies(self) -> None:
-        """Work that waits until a batch's replies are sent: the fp32 precision shadow, when this batch
-        was picked for it, runs here, off the requests' latency."""
+    def after_replies(
+        self, requests: Sequence[InferRequest] = (), replies: Sequence[InferReply] = ()
+    ) -> None:
+        """Work that waits until a batch's replies are sent, off the requests' latency: the fp32 precision
+        shadow, when this batch was picked for it, and the mirror (``requests``: the batch, answered
+        with ``replies``), when a candidate version is mirrored."""
         pending = self._shadow_input
-        if pending is None:
-            return
-        self._shadow_input = None
-        try:
-            self.monitor.run_shadow(*pending)
-        except Exception:  # a monitoring fault must not take the worker down
-            if not self._shadow_failed:
-                self._shadow_failed = True
-                logger.exception("model %s: the fp32 precision shadow failed", self.model_name)
+        if pending is not None:
+            self._shadow_input = None
+            try:
+                self.monitor.run_shadow(*pending)
+            except Exception:  # a monitoring fault must not take the worker down
+                if not self._shadow_failed:
+                    self._shadow_failed = True
+                    logger.exception("model %s: the fp32 precision shadow failed", self.model_name)
+        if self.mirror is not None:
+            self.mirror.after_replies(requests, replies)  # never raises
 
     def explain_nonfinite(self, failed: list[tuple[InferRequest, np.ndarray]]) -> list[bytes]:
         """The error bodies of requests whose outputs went non-finite (``rows``: which instances), after

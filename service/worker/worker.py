@@ -37,6 +37,7 @@ from service.scheduling.board import CostBoard
 from service.scheduling.tracker import CostTracker
 from service.worker.batching import BatchRunner, collect
 from service.worker.inbox import Connection, Inbox
+from service.worker.mirror import start_mirror
 from service.worker.runner import ModelRunner, attach_monitor
 from service.worker.runtime import (
     PrecisionReport,
@@ -71,8 +72,11 @@ class ModelWorker:
         costs: CostBoard | None = None,
         tracing: TracingSettings | None = None,
         unit: int = 0,
+        mirror_candidate: ModelServeConfig | None = None,
     ) -> None:
+        """``mirror_candidate``: the resolved config of ``config.mirror``'s version, run beside this one."""
         self.config = config
+        self.mirror_candidate = mirror_candidate
         self.model_name = config.name
         self.unit = unit
         self.states = states
@@ -109,6 +113,10 @@ class ModelWorker:
         report = self._check_precision(model, device, card.dataset)
         monitor = attach_monitor(cfg, model, device)
         self.runner = ModelRunner(cfg, model, device, monitor, observe_cost=self.cost.observe)
+        if self.mirror_candidate is not None:
+            self.runner.mirror = start_mirror(
+                cfg, self.mirror_candidate, model, device, monitor, lambda: self.cost.best_batch_size
+            )  # mirrored batches stop where served ones do: at the learned throughput peak
         self.cost.attach(worker_id)
         warm_seconds = warm_up(model, device, cfg.precision, cfg.max_batch_size, observe=self.cost.seed)
         self._export_start_metrics(report, monitored=monitor is not None)
@@ -125,9 +133,17 @@ class ModelWorker:
                 "warmup_seconds": round(warm_seconds, 4),
                 "precision_check": precision_report_dict(report) if report else None,
                 "monitored_modules": monitor.module_names if monitor else [],
+                "mirror": self._mirror_report(),
             },
         )
         logger.info("%s ready on %s (%s), warm-up %.2fs", cfg.name, device, cfg.precision, warm_seconds)
+
+    def _mirror_report(self) -> dict | None:
+        mirror = self.runner.mirror if self.runner is not None else None
+        if mirror is None:
+            return None
+        names = mirror.comparator.names
+        return {"version": mirror.version, "fraction": mirror.config.fraction, "modules": names}
 
     def _check_precision(
         self, model: torch.nn.Module, device: torch.device, dataset: str | None
@@ -178,10 +194,12 @@ class ModelWorker:
                 # (docs/scheduling.md).
                 batch = collect(inbox, self.cost.best_batch_size, batch_timeout, cost=self.cost.cost)
                 if not batch:
+                    runner.after_replies()  # idle: mirrored requests that waited long enough run now
                     continue
-                replies = batches.run_batch([request for _, request in batch])
+                requests = [request for _, request in batch]
+                replies = batches.run_batch(requests)
                 send_replies(inbox, batch, replies)
-                runner.after_replies()
+                runner.after_replies(requests, replies)
         finally:
             inbox.close()
 
