@@ -24,7 +24,7 @@ from service.messages import InferReply, InferRequest
 from service.monitoring import ModelMonitor, MonitorConfig
 from service.monitoring.mirror import MirrorComparator, MirrorWindow
 from service.monitoring.shadow import OUTPUT
-from service.repository import RepositoryError, mirror_candidate, resolve_models, scan_repository
+from service.repository import RepositoryError, mirror_candidate, scan_repository, startup_plans
 from service.worker.mirror import RequestMirror, start_mirror
 from service.worker.runtime import StartupError, serving_mode
 
@@ -54,6 +54,8 @@ def digits(n: int) -> torch.Tensor:
 
 
 def value(metric: str, **labels: str) -> float | None:
+    if metric.startswith(("hookserve_activation", "hookserve_module_forward")):  # they carry the version
+        labels = {"version": "1", **labels}
     return REGISTRY.get_sample_value(metric, labels)
 
 
@@ -280,8 +282,9 @@ def test_mirror_in_model_yaml_resolves_to_the_candidates_config(tmp_path: Path) 
     write_model(tmp_path, {"versions": [1], "precision": "bf16", "mirror": {"version": "2", "fraction": 0.1}})
     (tmp_path / "digits-cnn" / "2" / "model.yaml").write_text(yaml.safe_dump({"max_batch_size": 16}))
     model = scan_repository(tmp_path).models["digits-cnn"]
-    served = model.served_config()
+    served = model.versions[1]
     assert served.version == "1" and served.mirror == MirrorConfig(version="2", fraction=0.1)
+    assert model.plan().mirrors == {"1": mirror_candidate(model, served)}  # what the serving table gets
     candidate = mirror_candidate(model, served)
     assert candidate is not None
     assert (candidate.version, candidate.max_batch_size, candidate.precision) == ("2", 16, "bf16")
@@ -291,18 +294,16 @@ def test_mirror_in_model_yaml_resolves_to_the_candidates_config(tmp_path: Path) 
 
 def test_a_mirror_of_a_missing_version_is_a_clear_error(tmp_path: Path) -> None:
     write_model(tmp_path, {"versions": [1], "mirror": {"version": "3", "fraction": 0.1}})
-    model = scan_repository(tmp_path).models["digits-cnn"]
     with pytest.raises(
         RepositoryError, match=r"mirror.version 3 has no version folder .* found versions \[1, 2\]"
     ):
-        mirror_candidate(model, model.served_config())
+        scan_repository(tmp_path)  # checked when the repository (or the model, at a load) is read
 
 
 def test_a_version_cannot_mirror_itself(tmp_path: Path) -> None:
     write_model(tmp_path, {"mirror": {"version": "2", "fraction": 0.1}})
-    model = scan_repository(tmp_path).models["digits-cnn"]
     with pytest.raises(RepositoryError, match="version 2 mirrors itself"):
-        mirror_candidate(model, model.served_config())
+        scan_repository(tmp_path)
 
 
 def test_a_models_entry_cannot_mirror(tmp_path: Path) -> None:
@@ -312,7 +313,7 @@ def test_a_models_entry_cannot_mirror(tmp_path: Path) -> None:
     with pytest.raises(
         RepositoryError, match="mirror compares versions of a model from the model repository"
     ):
-        resolve_models(config)
+        startup_plans(config)
 
 
 @pytest.mark.parametrize("mirror", [{"version": "2", "fraction": 0}, {"version": "v2", "fraction": 0.1},

@@ -217,7 +217,7 @@ class ModelManager:
         current = self.table.models.get(name)
         if current is not None:  # the serving versions keep serving
             self._set_status(name, None, entries=_loaded_status(current))
-        else:
+        elif name in self.table.catalog:  # a repository model: the index says why it is not loaded
             self._set_status(name, "UNAVAILABLE", reason=f"load failed: {reason}")
         return Outcome(400, f"failed to load {name!r}: {reason}")
 
