@@ -158,6 +158,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         for key in ("traceparent", "tracestate"):
             if value := metadata_value(context, key):
                 carrier[key] = value
+
         def attributes() -> dict[str, object]:  # built only for a sampled request
             return {
                 "rpc.system": "grpc",
@@ -184,8 +185,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             if not self._authorized(context):
                 raise ClientError(401, AUTH_MESSAGE)
             decoded = decode_infer_request(request, model.settings)
-            async with asyncio.timeout(context.time_remaining()):  # the client's deadline, if it set one
+            remaining = context.time_remaining()  # the client's deadline, if it set one
+            if remaining is None:
                 status, payload = await model.pipeline.infer(decoded, request_id, arrived, traced)
+            else:
+                async with asyncio.timeout(remaining):
+                    status, payload = await model.pipeline.infer(decoded, request_id, arrived, traced)
             if status != 200:
                 raise _Failed(status, payload.decode(errors="replace"))
             return encode_infer_response(payload, decoded, model.settings, request_id)
