@@ -1,7 +1,7 @@
 """V1 JSON, V2 JSON, V2 binary and V2 over gRPC side by side, on one server, in one run.
 
 ``python -m benchmarks.protocols [--models tiny,resnet-bench] [--concurrency 1,32] [--duration 8]
-[--repeats 3] [--out DIR]``
+[--repeats 3] [--protocols v1-json,v2-json,v2-binary,grpc-binary] [--out DIR]``
 
 For each model one hookserve (2 API servers, 1 torch thread per worker, monitoring on) serves all four
 protocols; windows rotate through the protocols so each sees the same machine, and the table shows
@@ -13,6 +13,11 @@ gRPC, h2load (Debian's nghttp2-client: the same closed loop, C connections of on
 thread, over HTTP/2) posting one framed ``ModelInferRequest`` with a raw FP32 input (what
 ``tritonclient.grpc`` sends; every output comes back raw, like V2 binary's). h2load sees HTTP statuses
 only, so a gRPC window's errors are also read from the server: its non-200 answers in that window.
+
+Each window also records the CPU it cost per answered request, by role: the API servers (``api_us``),
+the worker (``worker_us``) and the load generator (``client_us``, h2load or wrk; they share the cores).
+On a machine where the cores, not the model, are the limit, req/s is about the cores over their sum,
+which is what tells a protocol's own cost from noise (docs/architecture.md, "gRPC beside HTTP").
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +41,10 @@ import torch
 
 from benchmarks.metrics_text import sum_samples
 from benchmarks.raw_model import time_forward
-from benchmarks.servers import REPO_ROOT, start_hookserve
+from benchmarks.servers import REPO_ROOT, ServerProcess, start_hookserve
 
+PROTOCOLS = ("v1-json", "v2-json", "v2-binary", "grpc-binary")
+CPU_ROLES = ("api_us", "worker_us", "client_us")
 PLUGINS = REPO_ROOT / "benchmarks" / "peers" / "servers"
 LUA = r"""
 local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
@@ -173,6 +182,25 @@ def load(name: str, url: str, body: bytes, header_length: str, concurrency: int,
     return wrk(url, body, header_length, concurrency, duration)
 
 
+def children_cpu_s() -> float:
+    """User+system CPU seconds of this process's finished children (the load generators)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_per_request(server: ServerProcess, window: Callable[[], dict], duration: int) -> dict:
+    """Run ``window`` (one load window); add the µs of CPU each role spent per answered request."""
+    server_before, client_before = server.cpu_seconds(), children_cpu_s()
+    result = window()
+    server_after, client_after = server.cpu_seconds(), children_cpu_s()
+    answered = max(result["rps"] * duration, 1.0)
+    for role in ("api", "worker"):
+        spent = server_after.get(role, 0.0) - server_before.get(role, 0.0)
+        result[f"{role}_us"] = spent / answered * 1e6
+    result["client_us"] = (client_after - client_before) / answered * 1e6
+    return result
+
+
 def measure(model: str, args: argparse.Namespace, workdir: Path) -> list[dict]:
     config = {"server": {"api_servers": 2, "log_level": "warning"}, "models": [model_config(model)]}
     env = {"PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(PLUGINS)])}
@@ -184,6 +212,7 @@ def measure(model: str, args: argparse.Namespace, workdir: Path) -> list[dict]:
         x = np.random.default_rng(0).uniform(0, 1, size=[1, *meta["input"]["shape"]]).astype(np.float32)
         payloads = bodies(x)
         payloads["grpc-binary"] = (grpc_body(x, model), "")
+        payloads = {name: payloads[name] for name in args.protocols}
         urls = {
             "v1-json": f"{server.base_url}/v1/models/{model}:predict",
             "v2-json": f"{server.base_url}/v2/models/{model}/infer",
@@ -204,7 +233,11 @@ def measure(model: str, args: argparse.Namespace, workdir: Path) -> list[dict]:
             for repeat in range(args.repeats):
                 for name, (body, length) in payloads.items():
                     before = requests.get(f"{server.base_url}/metrics", timeout=10).text
-                    result = load(name, urls[name], body, length, concurrency, args.duration)
+                    result = cpu_per_request(
+                        server,
+                        lambda: load(name, urls[name], body, length, concurrency, args.duration),  # noqa: B023
+                        args.duration,
+                    )
                     after = requests.get(f"{server.base_url}/metrics", timeout=10).text
                     if name == "grpc-binary":  # h2load sees HTTP 200 for every gRPC answer
                         result["errors"] += server_errors(after, before, model)
@@ -228,8 +261,9 @@ def raw_limit(model: str, batch_sizes: list[int]) -> dict[int, float]:
 
 def table(rows: list[dict], raw: dict[str, dict[int, float]]) -> str:
     lines = [
-        "| model | protocol | clients | req/s (median) | p50 ms | p99 ms | mean batch | x raw at batch |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| model | protocol | clients | req/s (median) | p50 ms | p99 ms | mean batch | x raw at batch "
+        "| CPU µs/request: api · worker · client |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     keys = sorted({(r["model"], r["concurrency"], r["protocol"]) for r in rows})
     for model, concurrency, protocol in keys:
@@ -244,7 +278,9 @@ def table(rows: list[dict], raw: dict[str, dict[int, float]]) -> str:
         lines.append(
             f"| {model} | {protocol} | {concurrency} | {rps:,.0f} | "
             f"{statistics.median(r['p50_ms'] for r in group):.2f} | "
-            f"{statistics.median(r['p99_ms'] for r in group):.2f} | {batch:.1f} | {ratio} |"
+            f"{statistics.median(r['p99_ms'] for r in group):.2f} | {batch:.1f} | {ratio} | "
+            + " · ".join(f"{statistics.median(r[k] for r in group):,.0f}" for k in CPU_ROLES)
+            + " |"
         )
     return "\n".join(lines)
 
@@ -255,9 +291,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,32")
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="a subset, in this order")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "protocols")
     args = parser.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.protocols = [name for name in PROTOCOLS if name in args.protocols.split(",")]
+    if not args.protocols:
+        raise SystemExit(f"--protocols: name one or more of {', '.join(PROTOCOLS)}")
     missing = [tool for tool in ("wrk", "h2load") if shutil.which(tool) is None]
     if missing:
         raise SystemExit(f"{', '.join(missing)} not found: apt-get install -y wrk nghttp2-client")

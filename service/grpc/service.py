@@ -192,8 +192,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             if not self._authorized(context):
                 raise ClientError(401, AUTH_MESSAGE)
             decoded = decode_infer_request(request, model.settings)
-            async with asyncio.timeout(context.time_remaining()):  # the client's deadline, if it set one
+            remaining = context.time_remaining()  # the client's deadline, if it set one
+            if remaining is None:
                 status, payload = await model.pipeline.infer(decoded, request_id, arrived, traced)
+            else:
+                async with asyncio.timeout(remaining):
+                    status, payload = await model.pipeline.infer(decoded, request_id, arrived, traced)
             if status != 200:
                 raise _Failed(status, payload.decode(errors="replace"))
             return encode_infer_response(payload, decoded, model.settings, request_id)

@@ -1,11 +1,13 @@
 """gRPC inference messages to and from what the V2 REST codec speaks, so both protocols decode alike.
 
-A ``ModelInferRequest`` is rewritten as the V2 binary-extension body it stands for (a small JSON
-header, then the raw tensor bytes) and decoded by :func:`service.http.v2_codec.decode_request`: the
-same datatype, shape, size and value checks, with the same messages. Typed ``contents`` are packed to
-raw little-endian bytes of their datatype first. The answer is :func:`~service.http.v2_codec.encode_response`
-with every output binary, split back into ``outputs`` and ``raw_output_contents`` (as Triton answers
-by default), so a gRPC answer holds exactly the bytes a REST binary answer does.
+A ``ModelInferRequest`` is rewritten as the V2 binary-extension request it stands for (the header
+REST would parse, built directly as the parsed document, and the raw tensor bytes) and decoded by
+:func:`service.http.v2_codec.decode_document`: the same datatype, shape, size and value checks, with
+the same messages. Typed ``contents`` are packed to raw little-endian bytes of their datatype first.
+The answer's outputs are the REST codec's (:func:`~service.http.v2_codec.output_tensors`), every one
+raw in ``raw_output_contents`` (as Triton answers by default), so a gRPC answer holds exactly the bytes
+a REST binary answer does. No JSON is written or read on the way: that round trip cost gRPC more CPU
+per call than the rest of its codec (docs/architecture.md, "gRPC beside HTTP").
 """
 
 from __future__ import annotations
@@ -14,13 +16,12 @@ import math
 from typing import Any
 
 import numpy as np
-import orjson
 
 from service.grpc.proto import grpc_predict_v2_pb2 as pb
 from service.http.errors import ClientError
 from service.http.inference import Decoded, RouteSettings
 from service.http.request_options import from_v2_parameters
-from service.http.v2_codec import NUMERIC, decode_request, encode_response
+from service.http.v2_codec import NUMERIC, binary_output, decode_document, output_tensors
 from service.messages import PROBABILITIES_F32
 
 # The typed-contents field of each numeric datatype (FP16 has none: raw only, as the protocol says).
@@ -37,6 +38,7 @@ CONTENTS_FIELD = {
     "UINT64": "uint64_contents",
 }
 WIDE = {"f": np.float64, "i": np.int64, "u": np.uint64}  # what a typed-contents field holds at most
+OutputTensor = pb.ModelInferResponse.InferOutputTensor
 UNSUPPORTED_PARAMETERS = {
     "shared_memory_region": "shared-memory tensors are not supported; send the tensor in the request",
     "classification": "the classification extension is not supported; read the 'label' output instead",
@@ -54,7 +56,8 @@ def decode_infer_request(request: pb.ModelInferRequest, settings: RouteSettings)
         raise bad(f"raw_input_contents holds {len(raws)} tensor(s) for {len(request.inputs)} input(s)")
     inputs, blobs = [], []
     for index, tensor in enumerate(request.inputs):
-        _refuse_unsupported(tensor.parameters, f"input {tensor.name!r}")
+        if tensor.parameters:  # an empty map costs one length check (the usual case)
+            _refuse_unsupported(tensor.parameters, f"input {tensor.name!r}")
         if raws:
             if tensor.HasField("contents"):
                 raise bad(f"input {tensor.name!r}: send raw_input_contents or contents, not both")
@@ -67,21 +70,22 @@ def decode_infer_request(request: pb.ModelInferRequest, settings: RouteSettings)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         inputs.append(entry)
-    outputs = []
-    for output in request.outputs:
-        _refuse_unsupported(output.parameters, f"output {output.name!r}")
-        outputs.append({"name": output.name})
     document: dict[str, Any] = {"inputs": inputs}
-    if outputs:
+    if request.outputs:
+        outputs = []
+        for output in request.outputs:
+            if output.parameters:
+                _refuse_unsupported(output.parameters, f"output {output.name!r}")
+            outputs.append({"name": output.name})
         document["outputs"] = outputs
-    header = orjson.dumps(document)
-    body = b"".join([header, *blobs])
-    instances, v2_request = decode_request(
-        body, str(len(header)).encode(), settings.input_spec, settings.max_instances
-    )
+    # The header REST would parse, built as the parsed document: the same checks, without JSON between.
+    binary = blobs[0] if len(blobs) == 1 else b"".join(blobs)
+    instances, v2_request = decode_document(document, binary, settings.input_spec, settings.max_instances)
     v2_request.id = request.id or None
     v2_request.outputs = dict.fromkeys(v2_request.outputs, True)  # gRPC answers raw, as Triton does
-    timeout_s, priority = from_v2_parameters(_scheduling_parameters(request.parameters), settings)
+    timeout_s = priority = None
+    if request.parameters:
+        timeout_s, priority = from_v2_parameters(_scheduling_parameters(request.parameters), settings)
     return Decoded(instances, PROBABILITIES_F32, v2_request, timeout_s, priority)
 
 
@@ -130,23 +134,21 @@ def _typed_contents(tensor: pb.ModelInferRequest.InferInputTensor) -> bytes | No
 def encode_infer_response(
     payload: bytes, decoded: Decoded, settings: RouteSettings, request_id: str
 ) -> pb.ModelInferResponse:
-    """The worker's float32 probabilities as the REST codec's binary answer, split per output."""
+    """The worker's float32 probabilities as the REST codec's binary outputs, in raw_output_contents."""
     probabilities = np.frombuffer(payload, dtype=np.float32).reshape(
         decoded.instances.shape[0], len(settings.output_spec.labels)
     )
-    body, header_length = encode_response(
-        probabilities, decoded.context, settings.model, settings.version, request_id, settings.output_spec
+    tensors = output_tensors(probabilities, settings.output_spec)
+    outputs, raws = [], []
+    for name in decoded.context.outputs:
+        datatype, shape, data = tensors[name]
+        outputs.append(OutputTensor(name=name, datatype=datatype, shape=shape))
+        raws.append(binary_output(datatype, data))
+    given = decoded.context.id
+    return pb.ModelInferResponse(
+        model_name=settings.model,
+        model_version=settings.version,
+        id=given if given is not None else request_id,
+        outputs=outputs,
+        raw_output_contents=raws,
     )
-    if header_length is None:
-        raise RuntimeError("the V2 codec answered JSON although every output was asked in binary")
-    header = orjson.loads(body[:header_length])
-    response = pb.ModelInferResponse(
-        model_name=header["model_name"], model_version=header["model_version"], id=header["id"]
-    )
-    offset = header_length
-    for output in header["outputs"]:
-        size = output["parameters"]["binary_data_size"]
-        response.outputs.add(name=output["name"], datatype=output["datatype"], shape=output["shape"])
-        response.raw_output_contents.append(body[offset : offset + size])
-        offset += size
-    return response

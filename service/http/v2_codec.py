@@ -68,15 +68,16 @@ def decode_request(
     limit = depth_limit(spec, V2_LEVELS)
     document = _parse(json_part, limit)
     try:
-        return _decode_document(document, binary, spec, max_instances)
+        return decode_document(document, binary, spec, max_instances)
     except ClientError:
         refuse_too_deep(json_part, limit, 400)  # a header deeper than valid is refused for that, first
         raise
 
 
-def _decode_document(
+def decode_document(
     document: dict[str, Any], binary: bytes, spec: InputSpec, max_instances: int
 ) -> tuple[np.ndarray, V2Request]:
+    """:func:`decode_request` past the JSON parse (gRPC builds the document from its message instead)."""
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise bad(f"'inputs' must be a list holding one tensor named {INPUT_NAME!r}")
@@ -205,6 +206,22 @@ def _requested_outputs(document: dict[str, Any]) -> dict[str, bool]:
     return requested
 
 
+def output_tensors(probabilities: np.ndarray, labels: OutputSpec) -> dict[str, tuple[str, list[int], Any]]:
+    """Every output the model answers: name -> (datatype, shape, data), for REST and gRPC alike."""
+    n = probabilities.shape[0]
+    index = probabilities.argmax(axis=1)
+    return {
+        "probabilities": ("FP32", list(probabilities.shape), probabilities),
+        "label_index": ("INT64", [n], index.astype("<i8")),
+        "label": ("BYTES", [n], [labels.labels[i] for i in index.tolist()]),
+    }
+
+
+def binary_output(datatype: str, data: Any) -> bytes:
+    """One output's bytes as the binary extension (and gRPC's raw_output_contents) carries them."""
+    return _bytes_tensor(data) if datatype == "BYTES" else np.ascontiguousarray(data).tobytes()
+
+
 def _bytes_tensor(values: list[str]) -> bytes:
     encoded = [v.encode() for v in values]
     return b"".join(_LENGTH.pack(len(v)) + v for v in encoded)
@@ -219,19 +236,13 @@ def encode_response(
     labels: OutputSpec,
 ) -> tuple[bytes, int | None]:
     """The response body and, when any output is binary, the length of its JSON header."""
-    n = probabilities.shape[0]
-    index = probabilities.argmax(axis=1)
-    tensors = {
-        "probabilities": ("FP32", list(probabilities.shape), probabilities),
-        "label_index": ("INT64", [n], index.astype("<i8")),
-        "label": ("BYTES", [n], [labels.labels[i] for i in index.tolist()]),
-    }
+    tensors = output_tensors(probabilities, labels)
     outputs, blobs = [], []
     for name, binary in request.outputs.items():
         datatype, shape, data = tensors[name]
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
         if binary:
-            blob = _bytes_tensor(data) if datatype == "BYTES" else np.ascontiguousarray(data).tobytes()
+            blob = binary_output(datatype, data)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
