@@ -151,7 +151,7 @@ class MirrorConfig(_Strict):
     version: str = Field(pattern=r"^[1-9][0-9]*$", description="The candidate: a version of this model.")
     fraction: float = Field(gt=0, le=1, description="The share of answered requests that are also mirrored.")
     budget: float = Field(
-        default=0.03,
+        default=0.01,
         gt=0,
         le=1,
         description="The share of a worker's time the mirror may take (both models' forwards on the "

@@ -8,6 +8,7 @@ Unit level: the comparison itself (which modules differ, agreement, PSI), the sa
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from service.monitoring import ModelMonitor, MonitorConfig
 from service.monitoring.mirror import MirrorComparator, MirrorWindow
 from service.monitoring.shadow import OUTPUT
 from service.repository import RepositoryError, mirror_candidate, scan_repository, startup_plans
-from service.worker.mirror import RequestMirror, start_mirror
+from service.worker.mirror import MAX_WAIT_S, RequestMirror, start_mirror
 from service.worker.runtime import StartupError, serving_mode
 
 MODULES = ["features.conv1", "features.conv2", "features.conv3", "head.fc"]
@@ -165,12 +166,21 @@ def request_mirror(
     return RequestMirror(name, config, comparator, CPU, "fp32", max_rows)
 
 
+def serve(mirror: RequestMirror, batch: list[InferRequest], status: int = 200) -> int:
+    """One served batch's replies, then the worker's idle moments until the mirror has no slice to run;
+    the slices run."""
+    mirror.after_replies(batch, answered(batch, status))
+    slices = 0
+    while mirror.idle():
+        slices += 1
+    return slices
+
+
 def test_every_request_is_mirrored_with_fraction_one_and_no_budget_limit() -> None:
     name = f"mirror-all-{next(_names)}"
     mirror = request_mirror(name, cnn(perturb="features.conv3"), fraction=1.0, budget=1.0, min_instances=1)
-    for _ in range(4):
-        batch = requests_of(4, 8)  # 32 instances a batch; 64 make a mirror run
-        mirror.after_replies(batch, answered(batch))
+    slices = [serve(mirror, requests_of(4, 8)) for _ in range(4)]  # 32 instances a batch; 64 make a run
+    assert slices == [0, 2, 0, 2]  # a slice has a served batch's rows
     assert mirror.runs == 2 and mirror.failures == 0
     assert value("hookserve_mirror_requests_total", model=name, version="2") == 32.0
     assert value("hookserve_mirror_max_abs_diff", model=name, version="2", module="features.conv1") == 0.0
@@ -178,11 +188,38 @@ def test_every_request_is_mirrored_with_fraction_one_and_no_budget_limit() -> No
     assert value("hookserve_monitor_overhead_seconds_total", model=name) > 0.0
 
 
+def test_a_due_batch_runs_in_slices_of_the_last_served_batch() -> None:
+    name = f"mirror-slices-{next(_names)}"
+    mirror = request_mirror(name, cnn(), max_rows=64, fraction=1.0, budget=1.0)
+    assert mirror.due_in() == math.inf  # nothing kept: the worker may wait for requests as long as it likes
+    mirror.after_replies(*served(requests_of(8, 4)))  # 32 of the 64 rows a mirrored batch waits for
+    assert 0.0 < mirror.due_in() <= MAX_WAIT_S and not mirror.idle()
+    mirror.after_replies(*served(requests_of(8, 4)))  # 64 kept: due, but nothing runs on the served path
+    assert mirror.runs == 0 and mirror.due_in() == 0.0
+    mirror.slice_rows = 16
+    assert [mirror.idle() for _ in range(5)] == [True, True, True, True, False]  # 4 slices of 16 rows
+    assert mirror.runs == 1 and mirror.window.instances == 64
+    assert value("hookserve_mirror_requests_total", model=name, version="2") == 8.0
+
+
+def test_an_overdue_batch_advances_a_slice_per_served_batch_without_idle_moments(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("service.worker.mirror.MAX_WAIT_S", 0.0)  # every kept request is overdue at once
+    mirror = request_mirror(f"mirror-busy-{next(_names)}", cnn(), max_rows=64, fraction=1.0, budget=1.0)
+    for served_batch in range(1, 4):
+        mirror.after_replies(*served(requests_of(4, 1)))  # never idle: the slices run here, 4 rows each
+        assert mirror.runs == served_batch and mirror.window.instances == 4 * served_batch
+
+
+def served(batch: list[InferRequest]) -> tuple[list[InferRequest], list[InferReply]]:
+    return batch, answered(batch)
+
+
 def test_only_answered_requests_are_mirrored() -> None:
     name = f"mirror-failed-{next(_names)}"
     mirror = request_mirror(name, cnn(), max_rows=8, fraction=1.0, budget=1.0)
-    batch = requests_of(1, 8)
-    mirror.after_replies(batch, answered(batch, status=500))
+    assert serve(mirror, requests_of(1, 8), status=500) == 0
     assert mirror.runs == 0 and not mirror._kept
     assert value("hookserve_mirror_requests_total", model=name, version="2") == 0.0  # exported from the start
 
@@ -202,10 +239,11 @@ def test_over_budget_the_mirror_waits() -> None:
     name = f"mirror-budget-{next(_names)}"
     mirror = request_mirror(name, cnn(), max_rows=8, fraction=1.0, budget=0.001)
     batch = requests_of(8, 1)
-    mirror.after_replies(batch, answered(batch))  # the first run is free: the credit starts at 0
+    assert serve(mirror, batch) == 1  # the first run is free: the credit starts at 0
     assert mirror.runs == 1
-    mirror.after_replies(batch, answered(batch))  # now in debt by the run's cost, repaid at 0.1 %
-    mirror.after_replies(batch, answered(batch))
+    assert mirror.due_in() > 0.0
+    assert serve(mirror, batch) == 0  # now in debt by the run's cost, repaid at 0.1 %
+    assert serve(mirror, batch) == 0
     assert mirror.runs == 1 and mirror._kept_rows == 8  # kept up to max_rows, no more
 
 
@@ -218,8 +256,7 @@ def test_a_failing_mirror_is_counted_and_never_raises() -> None:
 
     mirror.comparator.compare = broken  # type: ignore[method-assign]
     for _ in range(2):
-        batch = requests_of(8, 1)
-        mirror.after_replies(batch, answered(batch))
+        serve(mirror, requests_of(8, 1))
     assert mirror.failures == 2 and mirror.runs == 0
     assert value("hookserve_mirror_failures_total", model=name, version="2") == 2.0
     assert value("hookserve_mirror_requests_total", model=name, version="2") == 0.0
@@ -239,8 +276,7 @@ def test_the_monitors_hooks_sit_out_the_mirrors_passes() -> None:
         name, MirrorConfig(version="2", fraction=1.0, budget=1.0), MirrorComparator(model, cnn(), MODULES),
         CPU, "fp32", 8, monitor,
     )  # fmt: skip
-    batch = requests_of(8, 1)
-    mirror.after_replies(batch, answered(batch))
+    serve(mirror, requests_of(8, 1))
     monitor.detach()
     assert mirror.runs == 1
     # one served batch: the mirror's re-run of the serving model is not counted as one

@@ -121,6 +121,16 @@ class ModelRunner:
         if self.mirror is not None:
             self.mirror.after_replies(requests, replies)  # never raises
 
+    def idle_work_in(self, longest: float) -> float:
+        """Seconds until :meth:`idle_work` has something to do, at most ``longest``: how long the worker
+        may wait for requests."""
+        return min(self.mirror.due_in(), longest) if self.mirror is not None else longest
+
+    def idle_work(self) -> None:
+        """No request is waiting: a slice of the mirror's due work runs now (never raises)."""
+        if self.mirror is not None:
+            self.mirror.idle()
+
     def explain_nonfinite(self, failed: list[tuple[InferRequest, np.ndarray]]) -> list[bytes]:
         """The error bodies of requests whose outputs went non-finite (``rows``: which instances), after
         one replay of just those instances with every module hooked finds where each started. Counts

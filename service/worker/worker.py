@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from service.tracing.settings import TracingSettings
 
 logger = logging.getLogger(__name__)
+IDLE_WAIT_S = 1.0  # the longest wait for a request before the loop looks at its idle work again
 
 
 class ModelWorker:
@@ -192,9 +193,12 @@ class ModelWorker:
             while True:
                 # Batches stop at the learned curve's throughput peak, or before a deadline would be missed
                 # (docs/scheduling.md).
-                batch = collect(inbox, self.cost.best_batch_size, batch_timeout, cost=self.cost.cost)
+                idle_wait = runner.idle_work_in(IDLE_WAIT_S)
+                batch = collect(
+                    inbox, self.cost.best_batch_size, batch_timeout, idle_wait, cost=self.cost.cost
+                )
                 if not batch:
-                    runner.after_replies()  # idle: mirrored requests that waited long enough run now
+                    runner.idle_work()  # no request waits: the mirror's work runs now, a slice at a time
                     continue
                 requests = [request for _, request in batch]
                 replies = batches.run_batch(requests)
