@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import os
 import sys
 import tempfile
 import time
@@ -61,8 +62,17 @@ async def _connection(port: int, bodies: list[bytes], stop_at: float, out: list)
 
 
 def _client(
-    port: int, path: str, payload: bytes, connections: int, duration: float, share: float, queue: mp.Queue
+    port: int,
+    path: str,
+    payload: bytes,
+    connections: int,
+    duration: float,
+    share: float,
+    queue: mp.Queue,
+    nice: int = 0,
 ) -> None:
+    if nice:
+        os.nice(nice)
     def request(priority: int) -> bytes:
         head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 f"X-Priority: {priority}\r\nContent-Length: {len(payload)}\r\n\r\n")  # fmt: skip
@@ -104,7 +114,10 @@ def flood(port: int, model: str, payload: bytes, args: argparse.Namespace) -> di
     per = max(1, args.connections // args.processes)
     path = f"/v1/models/{model}:predict"
     procs = [
-        mp.Process(target=_client, args=(port, path, payload, per, args.duration, args.priority_share, queue))
+        mp.Process(
+            target=_client,
+            args=(port, path, payload, per, args.duration, args.priority_share, queue, args.client_nice),
+        )
         for _ in range(args.processes)
     ]
     for p in procs:
@@ -141,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--priority-share", type=float, default=0.0)
     parser.add_argument("--api-servers", type=int, default=2)
     parser.add_argument("--api-nice", type=int, default=0, help="renice the API servers by this much")
+    parser.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        help="renice the load generator by this much (a client on another machine takes no server CPU)",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="overload-"))

@@ -34,6 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _run_server(args: argparse.Namespace) -> int:
     from service.config import load_config
+    from service.http.transport import http_protocol
     from service.logs import configure_logging
     from service.repository import startup_plans
 
@@ -79,6 +80,7 @@ def _run_server(args: argparse.Namespace) -> int:
             log_level=server_cfg.log_level,
             generate_client_file=False,
             access_log=server_cfg.access_log,
+            http=http_protocol(),
         )
         return exit_status(server, None)
     except KeyboardInterrupt:

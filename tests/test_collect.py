@@ -36,8 +36,8 @@ class Line:
 
 def req(uid: int, instances: int, deadline_in_s: float = 60.0, priority: int = 1) -> InferRequest:
     rows = np.zeros((instances, 1), dtype=np.float32)
-    deadline = time.monotonic() + deadline_in_s
-    return InferRequest(uid, deadline, 0.0, rows, PROBABILITIES_F32, f"r-{uid}", priority=priority)
+    now = time.monotonic()
+    return InferRequest(uid, now + deadline_in_s, now, rows, PROBABILITIES_F32, f"r-{uid}", priority=priority)
 
 
 def uids(batch: list) -> list[int]:

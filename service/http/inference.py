@@ -273,8 +273,9 @@ class InferenceRoute(InferencePipeline):
             with traced.phase("decode"):
                 decoded = self.decode(scope, body)
         status, payload = await self.infer(decoded, request_id, arrived, traced)
-        if status != 200:
-            await send_error(send, status, payload.decode(errors="replace"), request_id)
+        if status != 200:  # a worker's 503 is a shed request: it may be retried
+            headers = (RETRY_AFTER,) if status == 503 else ()
+            await send_error(send, status, payload.decode(errors="replace"), request_id, headers)
             return status
         if traced is None:
             answer = self.encode(decoded, payload, request_id)

@@ -15,7 +15,7 @@ import socket
 from pathlib import Path
 
 from service.messages import FrameDecoder, InferReply, encode_frame
-from service.worker.pending import PendingRequests
+from service.worker.pending import PendingRequests, Predict
 
 logger = logging.getLogger(__name__)
 READ_CHUNK = 1 << 20
@@ -35,7 +35,8 @@ class Connection:
 class Inbox:
     """Accepts API-server connections and queues their requests; sends replies back on the same one."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, shed_after_s: float | None = None, predict: Predict | None = None) -> None:
+        """``shed_after_s``, ``predict``: see :class:`~service.worker.pending.PendingRequests`."""
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)  # left by a predecessor that died
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -44,7 +45,7 @@ class Inbox:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._listener, selectors.EVENT_READ, None)
         self._accepted = 0
-        self.pending = PendingRequests()
+        self.pending = PendingRequests(shed_after_s, predict)
 
     def poll(self, timeout: float | None) -> None:
         """Wait up to ``timeout`` seconds (``0``: not at all) for data, then queue every complete request."""

@@ -34,6 +34,7 @@ from service.monitoring.metrics import (
 from service.monitoring.shadow import OUTPUT
 from service.orphans import die_with_parent
 from service.scheduling.board import CostBoard
+from service.scheduling.prediction import predicted_answer_s
 from service.scheduling.tracker import CostTracker
 from service.worker.batching import BatchRunner, collect
 from service.worker.inbox import Connection, Inbox
@@ -184,7 +185,9 @@ class ModelWorker:
         cfg, runner = self.config, self.runner
         assert runner is not None, "setup() first"
         batches = BatchRunner(runner, self._batch_tracer())
-        inbox = Inbox(self.states.socket_path(self.unit, self.worker_id))
+        target_ms = cfg.latency_target_ms
+        shed_after_s = None if target_ms is None else target_ms / 1000.0  # outranked past it: shed
+        inbox = Inbox(self.states.socket_path(self.unit, self.worker_id), shed_after_s, self._answer_in)
         self.states.set(self.unit, self.worker_id, WorkerState.READY, os.getpid())
         WORKERS_READY.labels(cfg.name).set(1)
         logger.info("%s version %s worker %d accepting requests", cfg.name, cfg.version, self.worker_id)
@@ -200,12 +203,20 @@ class ModelWorker:
                 if not batch:
                     runner.idle_work()  # no request waits: the mirror's work runs now, a slice at a time
                     continue
+                if outranked := inbox.pending.take_outranked():  # starved past the target by higher ones
+                    send_replies(inbox, outranked, batches.shed([request for _, request in outranked]))
                 requests = [request for _, request in batch]
                 replies = batches.run_batch(requests)
                 send_replies(inbox, batch, replies)
                 runner.after_replies(requests, replies)
         finally:
             inbox.close()
+
+    def _answer_in(self, ahead: int, instances: int) -> float:
+        """Seconds until a request of ``instances`` is answered behind ``ahead`` queued instances, on this
+        worker's learned line (the admission formula, one worker)."""
+        line = self.cost.cost
+        return predicted_answer_s(ahead, instances, line.alpha, line.beta, 1, self.cost.max_batch_size)
 
     def _batch_tracer(self) -> BatchTracer | None:
         """Spans for traced requests' batches, when tracing is on (imported only then)."""
