@@ -49,7 +49,7 @@ def server_config(model: str, ratio: float | None) -> dict:
     if ratio is None:
         config["server"]["tracing"] = {"enabled": False}
     else:
-        config["server"]["tracing"] = {"enabled": True, "sample_ratio": ratio, "export_interval_s": 0.5}
+        config["server"]["tracing"] = {"enabled": True, "sample_ratio": ratio}  # the default export interval
     return config
 
 
