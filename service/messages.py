@@ -31,6 +31,10 @@ class InferRequest(NamedTuple):
     request_id: str  # names the request in the worker's log lines
     trace: str | None = None  # W3C traceparent of a sampled request's server span; None: not traced
     priority: int = 1  # 1 is the highest; the worker batches higher priorities first
+    # time.monotonic() by which the worker must finish it for its answer to reach the client within the
+    # model's latency target (the API server's own turns taken off); inf without a target. Past it
+    # the worker sheds it (503) rather than answer late.
+    answer_by: float = float("inf")
 
     @property
     def size(self) -> int:

@@ -20,7 +20,7 @@ class FakeRunner:
 
     def __init__(self) -> None:
         self.model_name = f"batching-{next(_names)}"
-        self.config = SimpleNamespace(version="1")
+        self.config = SimpleNamespace(version="1", latency_target_ms=250.0)
         self.forwards: list[int] = []
 
     def predict(self, instances: np.ndarray) -> np.ndarray:
@@ -87,8 +87,9 @@ def test_pending_requests_serve_higher_priority_first_then_arrival_order() -> No
     assert not pending
 
 
-def test_a_request_outranked_past_the_target_is_shed_not_starved_until_its_deadline() -> None:
-    """Strict priority would keep it until its deadline (a 504 after seconds)."""
+def test_a_request_that_can_no_longer_meet_the_target_is_shed_not_starved_until_its_deadline() -> None:
+    """Strict priority would keep it until its deadline (a 504 after seconds); run late, it would be the
+    slowest answer. Target 0.5 s: ``answer_by`` is arrival + 0.5 s."""
     import time
 
     from service.worker.pending import PendingRequests
@@ -98,32 +99,37 @@ def test_a_request_outranked_past_the_target_is_shed_not_starved_until_its_deadl
     def queued(uid: int, priority: int, waited_s: float, deadline_s: float = 10.0) -> tuple:
         arrived = now - waited_s
         return ("conn", InferRequest(uid, arrived + deadline_s, arrived, np.zeros((1, 1), np.float32),
-                                     PROBABILITIES_F32, f"r-{uid}", priority=priority))  # fmt: skip
+                                     PROBABILITIES_F32, f"r-{uid}", priority=priority,
+                                     answer_by=arrived + 0.5))  # fmt: skip
 
-    within = PendingRequests(shed_after_s=0.5)
+    def no_time(ahead: int, own: int) -> float:
+        return 0.0
+
+    within = PendingRequests(no_time)
     within.extend([queued(1, 2, 0.4), queued(2, 1, 0.1), queued(3, 1, 0.0)])
-    assert within.take_outranked() == []
+    assert within.take_late() == []
     assert [within.popleft()[1].uid for _ in range(3)] == [2, 3, 1]  # 0.4 s < 0.5 s: it waits its turn
 
-    overdue = PendingRequests(shed_after_s=0.5)
+    overdue = PendingRequests(no_time)
     overdue.extend([queued(1, 2, 0.7), queued(4, 2, 0.6), queued(5, 2, 0.1), queued(2, 1, 0.1)])
-    assert [r.uid for _, r in overdue.take_outranked()] == [1, 4]
+    assert [r.uid for _, r in overdue.take_late()] == [1, 4]
     assert len(overdue) == 2 and [overdue.popleft()[1].uid for _ in range(2)] == [2, 5]
 
     # With the cost line: 0.1 s per instance. Two priority-1 instances ahead (0.2 s) and its own
     # (0.1 s): one that waited 0.25 s would answer at 0.55 s, past 0.5 s: shed now, not at 0.5 s.
-    predicted = PendingRequests(shed_after_s=0.5, predict=lambda ahead, own: 0.1 * (ahead + own))
-    predicted.extend([queued(1, 2, 0.25), queued(3, 2, 0.1), queued(2, 1, 0.0), queued(4, 1, 0.0)])
-    assert [r.uid for _, r in predicted.take_outranked()] == [1]  # 0.1 + 0.3 < 0.5: uid 3 stays
+    predicted = PendingRequests(lambda ahead, own: 0.1 * (ahead + own))
+    predicted.extend([queued(1, 2, 0.25), queued(3, 2, 0.05), queued(2, 1, 0.0), queued(4, 1, 0.0)])
+    assert [r.uid for _, r in predicted.take_late()] == [1]  # 0.05 + 0.3 < 0.5: uid 3 stays
     assert [predicted.popleft()[1].uid for _ in range(3)] == [2, 4, 3]
 
-    alone = PendingRequests(shed_after_s=0.5)  # nothing outranks it: it runs, late
-    alone.extend([queued(1, 2, 0.9)])
-    assert alone.take_outranked() == [] and alone.popleft()[1].uid == 1
+    front = PendingRequests(no_time)  # late at the front of the queue: shed too, not run late
+    front.extend([queued(1, 1, 0.55), queued(2, 1, 0.2), queued(3, 2, 0.1)])
+    assert [r.uid for _, r in front.take_late()] == [1]
+    assert [front.popleft()[1].uid for _ in range(2)] == [2, 3]
 
     without_target = PendingRequests()  # no shedding; it goes first after half of its own deadline
     without_target.extend([queued(1, 2, 4.0), queued(2, 1, 0.0), queued(3, 2, 6.0)])
-    assert without_target.take_outranked() == []
+    assert without_target.take_late() == []
     assert [without_target.popleft()[1].uid for _ in range(3)] == [2, 1, 3]
     starving = PendingRequests()
     starving.extend([queued(1, 1, 0.0), queued(2, 2, 5.5)])
@@ -136,7 +142,7 @@ def test_shed_requests_get_503_and_count_as_latency_target_refusals() -> None:
     before = REGISTRY.get_sample_value("hookserve_rejected_total", labels) or 0
     replies = BatchRunner(runner).shed([request(5, [1]), request(6, [2])])
     assert [(r.uid, r.status) for r in replies] == [(5, 503), (6, 503)]
-    assert b"higher-priority" in replies[0].body and runner.forwards == []
+    assert b"latency target of 250 ms" in replies[0].body and runner.forwards == []
     after = REGISTRY.get_sample_value("hookserve_rejected_total", labels)
     assert after == before + 2
 

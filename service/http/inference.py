@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ import numpy as np
 from starlette.types import Receive, Send
 
 from models.base import InputSpec, OutputSpec
-from service.http.admission import AdmissionGate, DrainSwitch, Rejected
+from service.http.admission import LOOP_TURNS, AdmissionGate, DrainSwitch, Rejected
 from service.http.asgi import JSON, Headers, media_type, send_response
 from service.http.auth import require_api_key
 from service.http.errors import ClientError, request_id_of, send_error
@@ -135,10 +136,14 @@ class InferencePipeline:
         else:
             with traced.phase("admission"):
                 self._admit(gate, instances, priority, decoded.timeout_s, arrived)
+        status = 0
         try:
-            return await self._run(workers, decoded, request_id, arrived, priority, traced)
+            status, payload = await self._run(workers, decoded, request_id, arrived, priority, traced)
+            return status, payload
         finally:
-            gate.leave(instances, priority, time.monotonic() - arrived)
+            # a request the worker shed (503: it could not meet the target) counts as a late answer
+            answered_s = math.inf if status == 503 else time.monotonic() - arrived
+            gate.leave(instances, priority, answered_s)
 
     @staticmethod
     def _admit(
@@ -147,6 +152,15 @@ class InferencePipeline:
         waited_s = time.monotonic() - arrived
         if (rejection := gate.admit(instances, priority, timeout_s, waited_s)) is not None:
             raise rejection  # counted by the gate, by reason
+
+    def _answer_by(self, arrived: float) -> float:
+        """When the worker must be done for the answer to meet the latency target: the target from the
+        arrival, less this API server's own two loop turns (before the request was read, while its
+        answer is written). Past it the worker sheds the request. ``inf`` without a target."""
+        gate = self.gate
+        if gate.latency_target_s is None:
+            return math.inf
+        return arrived + gate.latency_target_s - LOOP_TURNS * gate.loop_lag.seconds()
 
     async def _run(
         self,
@@ -173,6 +187,7 @@ class InferencePipeline:
             request_id=request_id,
             trace=None if traced is None else traced.traceparent(),
             priority=priority,
+            answer_by=self._answer_by(arrived),
         )
         future = link.submit(request)
         timer = asyncio.get_running_loop().call_later(remaining, _expire, future, timeout)

@@ -5,10 +5,10 @@
   batch still meets its requests' deadlines, and waits at most ``batch_timeout`` more only if that is
   configured: at low load a request runs at once; under load batches fill up while the previous runs.
 * :class:`BatchRunner` runs one collected batch: it answers requests whose deadline passed in the queue
-  with 504 without running them (and sheds with 503 those outranked past the latency target); when the
-  batched forward pass raises, it re-runs each request on its own so only the culprit fails; when some
-  requests' outputs are non-finite, the runner explains them (the replay finds the module where it
-  started) and only those fail, with 500. Queue wait and batch
+  with 504 without running them (and sheds with 503 those that can no longer meet the latency target);
+  when the batched forward pass raises, it re-runs each request on its own so only the culprit fails;
+  when some requests' outputs are non-finite, the runner explains them (the replay finds the module where
+  it started) and only those fail, with 500. Queue wait and batch
   size are recorded once per request and once per batch, however the batch was retried.
 """
 
@@ -33,7 +33,10 @@ logger = logging.getLogger(__name__)
 Queued = tuple[Connection, InferRequest]
 INTERNAL_ERROR = b"internal error while running the model"
 EXPIRED = b"request deadline passed while queued"
-OUTRANKED = "{model} served higher-priority requests for longer than its latency target; retry"
+LATE = (
+    "{model} could not answer within its latency target of {target:g} ms (higher-priority work came "
+    "first, or the worker ran slower than predicted); retry"
+)
 
 
 class CostLine(Protocol):
@@ -121,10 +124,10 @@ class BatchRunner:
         self._batch_size = BATCH_SIZE.labels(runner.model_name, version)
 
     def shed(self, requests: list[InferRequest]) -> list[InferReply]:
-        """503 without running them, for requests outranked past the latency target
-        (:meth:`~service.worker.pending.PendingRequests.take_outranked`); counted as refusals."""
+        """503 without running them, for requests that can no longer meet the latency target
+        (:meth:`~service.worker.pending.PendingRequests.take_late`); counted as refusals."""
         REJECTED.labels(self.model_name, "latency_target").inc(len(requests))
-        body = OUTRANKED.format(model=self.model_name).encode()
+        body = LATE.format(model=self.model_name, target=self.runner.config.latency_target_ms).encode()
         return [InferReply(request.uid, 503, body) for request in requests]
 
     def run_batch(self, requests: list[InferRequest]) -> list[InferReply]:

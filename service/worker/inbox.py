@@ -35,8 +35,8 @@ class Connection:
 class Inbox:
     """Accepts API-server connections and queues their requests; sends replies back on the same one."""
 
-    def __init__(self, path: Path, shed_after_s: float | None = None, predict: Predict | None = None) -> None:
-        """``shed_after_s``, ``predict``: see :class:`~service.worker.pending.PendingRequests`."""
+    def __init__(self, path: Path, predict: Predict | None = None) -> None:
+        """``predict``: see :class:`~service.worker.pending.PendingRequests`."""
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)  # left by a predecessor that died
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -45,7 +45,7 @@ class Inbox:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._listener, selectors.EVENT_READ, None)
         self._accepted = 0
-        self.pending = PendingRequests(shed_after_s, predict)
+        self.pending = PendingRequests(predict)
 
     def poll(self, timeout: float | None) -> None:
         """Wait up to ``timeout`` seconds (``0``: not at all) for data, then queue every complete request."""

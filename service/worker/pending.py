@@ -3,18 +3,22 @@
 Priorities are few (a model's ``priority_levels``, 2 by default), so one FIFO per level is both the
 simplest structure and O(1) per request: the highest non-empty level is served first.
 
-Strict priority starves: under a flood of priority-1 requests, an admitted priority-2 request waited
-until its deadline and got a 504 (89 of them in a 10 s overload run). So a request outranked that long
-does not wait for its deadline:
+With a latency target the worker passes ``predict``, its learned line, and
+:meth:`PendingRequests.take_late` removes, before each batch, the requests that can no longer be
+answered in time: now, plus the predicted time of the work pending ahead of them (higher levels) and
+their own, is past their ``answer_by`` (the API server sets it: arrival + target - its own two loop
+turns). The worker answers them 503 without running them: a refusal that came late rather than a late
+answer, as Clockwork and Nexus drop requests that cannot meet their SLO. Two cases made it needed:
 
-* with a latency target (``shed_after_s``), :meth:`PendingRequests.take_outranked` removes a lower
-  level's requests once the higher-priority work ahead of them (``predict``, the worker's cost line)
-  makes them miss the target; the worker answers them 503 at once: shed, as admission would have
-  refused them had it known of the higher-priority work to come. Running them at the target instead
-  made them the slowest answers (p99 592 ms against a 500 ms target);
-* without one, a lower level's oldest request goes first once it has waited half of its own deadline.
+* strict priority starves: under a flood of priority-1 requests, an admitted priority-2 request waited
+  until its deadline and got a 504 (73-102 per 10 s overload run), and when it instead ran once it had
+  waited the target it was among the slowest answers;
+* admission predicts from the queue and the cost line; what neither sees (a CPU shared with the API
+  servers and clients) made 1-2 % of the answers come back past the target anyway.
 
-The clock is read only while two levels hold requests.
+Without a target (no ``predict``) a lower level's oldest request goes first once it has waited half of its
+own deadline, so it is answered late rather than not at all. The clock is read once per batch with a
+target, else only while two levels hold requests.
 """
 
 from __future__ import annotations
@@ -32,13 +36,12 @@ Predict = Callable[[int, int], float]  # (instances ahead, its own) -> seconds u
 class PendingRequests:
     """FIFO per priority level; iteration and :meth:`popleft` follow the order batches are formed in."""
 
-    __slots__ = ("_instances", "_levels", "_predict", "_shed_after_s", "_size")
+    __slots__ = ("_instances", "_levels", "_predict", "_size")
 
-    def __init__(self, shed_after_s: float | None = None, predict: Predict | None = None) -> None:
+    def __init__(self, predict: Predict | None = None) -> None:
         self._levels: dict[int, deque[Item]] = {}
         self._instances: dict[int, int] = {}  # per level
         self._size = 0
-        self._shed_after_s = shed_after_s
         self._predict = predict
 
     def append(self, item: Item) -> None:
@@ -64,8 +67,8 @@ class PendingRequests:
                 continue
             if first is None:
                 first = level
-                if self._shed_after_s is not None:
-                    return first  # outranked requests are shed (take_outranked), not promoted
+                if self._predict is not None:
+                    return first  # with a target, late requests are shed (take_late), not promoted
                 continue
             head = level[0][1]  # a lower level's oldest request: waited half of its deadline?
             now = now or time.monotonic()
@@ -75,29 +78,24 @@ class PendingRequests:
             raise IndexError("no pending request")
         return first
 
-    def take_outranked(self) -> list[Item]:
-        """Remove and return the requests of lower levels that can no longer be answered within
-        ``shed_after_s`` of their arrival: what they waited, plus the predicted time of the higher-priority
-        work pending ahead of them and their own, is past it (none without ``shed_after_s``)."""
-        limit = self._shed_after_s
-        if limit is None or self._size == 0:
-            return []
+    def take_late(self) -> list[Item]:
+        """Remove and return the requests that can no longer be answered by their ``answer_by``: now,
+        plus the predicted time of the work pending ahead of them in higher levels and their own, is past
+        it (none without ``predict``). Only each level's oldest are looked at: a request behind them is
+        looked at when it reaches the front."""
         predict = self._predict
+        if predict is None or self._size == 0:
+            return []
         taken: list[Item] = []
         ahead = 0  # instances of the higher levels
-        now = 0.0
+        now = time.monotonic()
         for priority, level in self._levels.items():
-            if not level:
-                continue
-            if ahead:
-                now = now or time.monotonic()
-                while level:
-                    request = level[0][1]
-                    waited = now - request.enqueued_at
-                    if waited + (predict(ahead, request.size) if predict else 0.0) < limit:
-                        break
-                    taken.append(level.popleft())
-                    self._instances[priority] -= request.size
+            while level:
+                request = level[0][1]
+                if now + predict(ahead, request.size) < request.answer_by:
+                    break
+                taken.append(level.popleft())
+                self._instances[priority] -= request.size
             ahead += self._instances[priority]
         self._size -= len(taken)
         return taken

@@ -185,9 +185,8 @@ class ModelWorker:
         cfg, runner = self.config, self.runner
         assert runner is not None, "setup() first"
         batches = BatchRunner(runner, self._batch_tracer())
-        target_ms = cfg.latency_target_ms
-        shed_after_s = None if target_ms is None else target_ms / 1000.0  # outranked past it: shed
-        inbox = Inbox(self.states.socket_path(self.unit, self.worker_id), shed_after_s, self._answer_in)
+        predict = None if cfg.latency_target_ms is None else self._answer_in  # with a target: shed the late
+        inbox = Inbox(self.states.socket_path(self.unit, self.worker_id), predict)
         self.states.set(self.unit, self.worker_id, WorkerState.READY, os.getpid())
         WORKERS_READY.labels(cfg.name).set(1)
         logger.info("%s version %s worker %d accepting requests", cfg.name, cfg.version, self.worker_id)
@@ -203,8 +202,8 @@ class ModelWorker:
                 if not batch:
                     runner.idle_work()  # no request waits: the mirror's work runs now, a slice at a time
                     continue
-                if outranked := inbox.pending.take_outranked():  # starved past the target by higher ones
-                    send_replies(inbox, outranked, batches.shed([request for _, request in outranked]))
+                if late := inbox.pending.take_late():  # can no longer meet the latency target: shed
+                    send_replies(inbox, late, batches.shed([request for _, request in late]))
                 requests = [request for _, request in batch]
                 replies = batches.run_batch(requests)
                 send_replies(inbox, batch, replies)
