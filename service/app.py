@@ -25,6 +25,7 @@ from service.monitoring.metrics import MODEL_LOAD_FAILURES, REJECTED, WORKERS_RE
 from service.pool.control import ControlServer
 from service.pool.manager import ModelManager
 from service.pool.shared import SharedSlots
+from service.pool.table import ServingTable
 from service.pool.workers import WorkerPool
 from service.repository import ModelPlan, ModelRepository
 from service.supervisor import Supervisor
@@ -120,17 +121,15 @@ def build_server(
     manager.api_server_pids = lambda: supervisor.pids("API server").values()
     manager.prepare(plans)
     add_routes(litserver.app, ServedModels(server_cfg, shared), server_cfg)
-    document_predict_routes(litserver.app, _default_routes(manager, server_settings))
+    document_predict_routes(litserver.app, lambda: _default_routes(shared.store.current(), server_settings))
     install_error_handlers(litserver.app)
     return Server(litserver, plan, supervisor, manager)
 
 
-def _default_routes(manager: ModelManager, server: ServerSettings) -> list[RouteSettings]:
-    """The start-up models' default versions, for /openapi.json (models loaded later are not in it)."""
-    return [
-        route_settings(model.versions[model.default_version], server)
-        for model in manager.table.models.values()
-    ]
+def _default_routes(table: ServingTable, server: ServerSettings) -> tuple[int, list[RouteSettings]]:
+    """The served models' default versions, for /openapi.json, with the table's generation."""
+    models = table.models.values()
+    return table.generation, [route_settings(m.versions[m.default_version], server) for m in models]
 
 
 def _start_models(manager: ModelManager, pool: WorkerPool, processes: list) -> None:

@@ -102,6 +102,10 @@ def test_the_index_lists_loaded_and_unloaded_models(client: triton.InferenceServ
     assert "model_repository" in client.get_server_metadata()["extensions"]
 
 
+def openapi_paths(server: ServerProcess) -> set[str]:
+    return set(requests.get(f"{server.base_url}/openapi.json", timeout=10).json()["paths"])
+
+
 def test_load_serves_a_new_model_and_unload_stops_it_and_returns_its_memory(
     server: ServerProcess, client: triton.InferenceServerClient
 ) -> None:
@@ -116,11 +120,13 @@ def test_load_serves_a_new_model_and_unload_stops_it_and_returns_its_memory(
     assert answer.shape == (2, 2) and np.allclose(answer.sum(axis=1), 1.0, atol=1e-4)
     loaded = tree_rss(server.process.pid)
     assert requests.get(f"{server.base_url}/health", timeout=5).json()["models"]["tabular-mlp"] == "ready"
+    assert "/v1/models/tabular-mlp:predict" in openapi_paths(server)  # documented once loaded
 
     client.unload_model("tabular-mlp")  # synchronous: its workers have exited on return
     assert index(client)[("tabular-mlp", "1")] == ("UNAVAILABLE", "unloaded")
     assert predict(server, "/v1/models/tabular-mlp:predict").status_code == 404
     assert "tabular-mlp" not in requests.get(f"{server.base_url}/health", timeout=5).json()["models"]
+    assert "/v1/models/tabular-mlp:predict" not in openapi_paths(server)
     unloaded = tree_rss(server.process.pid)
     worker_rss = loaded - before
     assert worker_rss > 50e6, "a worker process (torch) holds tens of MB"

@@ -6,6 +6,7 @@ Each model's request schema (the exact nested-array shape, value range and insta
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -168,11 +169,17 @@ V2_SERVER_PATHS = {
 }
 
 
-def document_predict_routes(app: FastAPI, routes: list[RouteSettings]) -> None:
-    """Make ``app.openapi()`` include the inference routes (V1 predict, V2) that the router serves."""
+def document_predict_routes(app: FastAPI, served: Callable[[], tuple[int, list[RouteSettings]]]) -> None:
+    """Make ``app.openapi()`` include the inference routes (V1 predict, V2) that the router serves.
+
+    ``served()`` gives the serving table's generation and its models' default versions: the document is
+    built again when the generation moved, so a model loaded or unloaded while serving is in it or not."""
+    built_for = [-1]
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
+        generation, routes = served()
+        if app.openapi_schema is None or generation != built_for[0]:
+            built_for[0] = generation
             schema = get_openapi(title="hookserve", version=app.version, routes=app.routes)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             for settings in routes:
