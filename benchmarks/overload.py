@@ -2,13 +2,15 @@
 was refused, and the goodput.
 
 ``python -m benchmarks.overload [--model digits-transformer] [--instances 64] [--connections 256]
-[--processes 2] [--duration 15] [--target-ms 500] [--device cpu] [--precision fp32]``
+[--processes 2] [--duration 15] [--rounds 1] [--target-ms 500] [--device cpu] [--precision fp32]``
 
 Two servers serve the same model, one with ``latency_target_ms`` and one without (today's admission by
-count only); each is flooded in turn by closed-loop connections that send a request of ``--instances``
-instances, wait for its answer, and send the next at once (a client with no retry budget: the worst case
-for a server that sheds). The client records every answer's status and latency, so the table gives the
-p50/p99 of the 200s alone, the counts of 503 and 504, and goodput (instances answered with 200 per s).
+count only), both up for the whole run; in each of ``--rounds`` rounds (ABBA order, so a change in the
+machine's load meets both alike) each is flooded in turn by closed-loop connections that send a request
+of ``--instances`` instances, wait for its answer, and send the next at once (a client with no retry
+budget: the worst case for a server that sheds). The client records every answer's status and latency,
+so the table gives the p50/p99 of the 200s alone, the counts of 503 and 504, and goodput (instances
+answered with 200 per s).
 ``--priority-share`` sends that share of requests as priority 1 (``X-Priority: 1``), the rest as 2.
 """
 
@@ -19,6 +21,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -73,6 +76,7 @@ def _client(
 ) -> None:
     if nice:
         os.nice(nice)
+
     def request(priority: int) -> bytes:
         head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 f"X-Priority: {priority}\r\nContent-Length: {len(payload)}\r\n\r\n")  # fmt: skip
@@ -160,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="renice the load generator by this much (a client on another machine takes no server CPU)",
     )
+    parser.add_argument("--rounds", type=int, default=1, help="windows per server, interleaved ABBA")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="overload-"))
@@ -174,10 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         server["grpc_port"] = None  # HTTP only
         return {"server": server, "models": [model]}
 
-    rows = {}
-    for label, target in (("no target", None), (f"target {args.target_ms:g} ms", args.target_ms)):
-        server = start_hookserve(f"overload-{'t' if target else 'n'}", config(target), workdir)
-        try:
+    modes = {"no target": None, f"target {args.target_ms:g} ms": args.target_ms}
+    servers: dict[str, ServerProcess] = {}
+    windows: dict[str, list[dict]] = {label: [] for label in modes}
+    try:
+        for label, target in modes.items():  # both up at once: windows interleave, the idle one waits
+            servers[label] = start_hookserve(f"overload-{'t' if target else 'n'}", config(target), workdir)
+        payload = b""
+        for server in servers.values():
             if not server.wait_ready(300):
                 raise SystemExit(f"hookserve did not start: {server.failure}\n{server.log()[-2000:]}")
             if args.api_nice:
@@ -190,24 +199,42 @@ def main(argv: list[str] | None = None) -> int:
             payload = orjson.dumps({"instances": x.tolist()})
             for _ in range(3):  # warm the path (and the cost model)
                 requests.post(f"{server.base_url}/v1/models/{args.model}:predict", data=payload, timeout=60)
-            rows[label] = measured_flood(server, args.model, payload, args)
-        finally:
+        labels = list(modes)
+        for round_ in range(args.rounds):
+            for label in labels if round_ % 2 == 0 else labels[::-1]:  # ABBA
+                windows[label].append(measured_flood(servers[label], args.model, payload, args))
+    finally:
+        for server in servers.values():
             server.stop()
-    base = rows["no target"]["goodput"] or float("nan")
-    load = f"{args.connections} connections x {args.instances} instances, {args.duration:g} s each"
-    print(f"{args.model} ({args.device}, {args.precision}), {load}")
-    print("| admission | 200 | 503 | 504 | p50 ms (200s) | p99 ms (200s) | max ms | goodput/s | x none |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for label, r in rows.items():
-        print(f"| {label} | {r['200']} | {r['503']} | {r['504']} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
-              f"{r['max_ms']:.0f} | {r['goodput']:,.0f} | {r['goodput'] / base:.2f} |")  # fmt: skip
-    for label, r in rows.items():
-        print(f"{label}: model busy {r['model_busy']:.0%} of the time; CPU seconds by role {r['cpu_s']}")
+    load = f"{args.connections} connections x {args.instances} instances, {args.duration:g} s windows"
+    print(f"{args.model} ({args.device}, {args.precision}), {load}, {args.rounds} round(s) in ABBA order")
+    columns = "200 | 503 | 504 | p50 ms (200s) | p99 ms (200s) | max ms | goodput/s | x none"
+    print(f"| admission | round | {columns} |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    ratios = {label: [] for label in modes}
+    for round_ in range(args.rounds):
+        base = windows["no target"][round_]["goodput"] or float("nan")
+        for label in modes:
+            r = windows[label][round_]
+            ratios[label].append(r["goodput"] / base)
+            print(f"| {label} | {round_ + 1} | {r['200']} | {r['503']} | {r['504']} | {r['p50_ms']:.0f} | "
+                  f"{r['p99_ms']:.0f} | {r['max_ms']:.0f} | {r['goodput']:,.0f} "
+                  f"| {ratios[label][-1]:.2f} |")  # fmt: skip
+    for label in modes:
+        p99 = statistics.median(r["p99_ms"] for r in windows[label])
+        timeouts = sum(r["504"] for r in windows[label])
+        print(f"{label}: goodput x none {statistics.median(ratios[label]):.2f} (median of rounds), "
+              f"p99 {p99:.0f} ms (median of rounds), 504s {timeouts}")  # fmt: skip
+    for label in modes:
+        r = windows[label][-1]
+        busy = f"model busy {r['model_busy']:.0%} of the time"
+        print(f"{label}, last round: {busy}; CPU seconds by role {r['cpu_s']}")
     if args.priority_share:
-        for label, r in rows.items():
-            print(f"{label}: p99 of priority-1 answers {r['p99_priority1_ms']:.0f} ms")
+        for label in modes:
+            high = statistics.median(r["p99_priority1_ms"] for r in windows[label])
+            print(f"{label}: p99 of priority-1 answers {high:.0f} ms (median of rounds)")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        Path(args.json).write_text(json.dumps(windows, indent=2))
     return 0
 
 
