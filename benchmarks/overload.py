@@ -11,7 +11,9 @@ of ``--instances`` instances, wait for its answer, and send the next at once (a 
 budget: the worst case for a server that sheds). The client records every answer's status and latency,
 so the table gives the p50/p99 of the 200s alone, the counts of 503 and 504, and goodput (instances
 answered with 200 per s).
-``--priority-share`` sends that share of requests as priority 1 (``X-Priority: 1``), the rest as 2.
+``--priority-share`` sends that share of requests as priority 1 (``X-Priority: 1``), the rest as 2;
+``--priority-connections K`` gives priority 1 to K connections of their own instead (a minority client
+whose answers must meet the target while the rest is shed).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ def _client(
     share: float,
     queue: mp.Queue,
     nice: int = 0,
+    high_connections: int = 0,
 ) -> None:
     if nice:
         os.nice(nice)
@@ -91,6 +94,8 @@ def _client(
         tasks = []
         for i in range(connections):
             bodies = [high if every and (i + k) % every == 0 else low for k in range(max(every, 1))]
+            if i < high_connections:  # a client of its own that sends priority 1 only
+                bodies = [high]
             tasks.append(_connection(port, bodies, stop_at, out))
         await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -113,6 +118,11 @@ def measured_flood(server: ServerProcess, model: str, payload: bytes, args: argp
     return row
 
 
+def _spread(total: int, parts: int) -> list[int]:
+    """``total`` split over ``parts`` as evenly as whole numbers allow."""
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
 def flood(port: int, model: str, payload: bytes, args: argparse.Namespace) -> dict:
     queue: mp.Queue = mp.Queue()
     per = max(1, args.connections // args.processes)
@@ -120,9 +130,19 @@ def flood(port: int, model: str, payload: bytes, args: argparse.Namespace) -> di
     procs = [
         mp.Process(
             target=_client,
-            args=(port, path, payload, per, args.duration, args.priority_share, queue, args.client_nice),
+            args=(
+                port,
+                path,
+                payload,
+                per,
+                args.duration,
+                args.priority_share,
+                queue,
+                args.client_nice,
+                high,
+            ),
         )
-        for _ in range(args.processes)
+        for high in _spread(args.priority_connections, args.processes)
     ]
     for p in procs:
         p.start()
@@ -156,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--priority-share", type=float, default=0.0)
+    parser.add_argument(
+        "--priority-connections",
+        type=int,
+        default=0,
+        help="this many connections send priority 1 only (a minority client); the rest follow the share",
+    )
     parser.add_argument("--api-servers", type=int, default=2)
     parser.add_argument("--api-nice", type=int, default=0, help="renice the API servers by this much")
     parser.add_argument(
@@ -229,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         r = windows[label][-1]
         busy = f"model busy {r['model_busy']:.0%} of the time"
         print(f"{label}, last round: {busy}; CPU seconds by role {r['cpu_s']}")
-    if args.priority_share:
+    if args.priority_share or args.priority_connections:
         for label in modes:
             high = statistics.median(r["p99_priority1_ms"] for r in windows[label])
             print(f"{label}: p99 of priority-1 answers {high:.0f} ms (median of rounds)")
