@@ -14,6 +14,15 @@ answered with 200 per s).
 ``--priority-share`` sends that share of requests as priority 1 (``X-Priority: 1``), the rest as 2;
 ``--priority-connections K`` gives priority 1 to K connections of their own instead (a minority client
 whose answers must meet the target while the rest is shed).
+
+``--client h2load`` (the default where h2load is installed) drives the flood with Debian's h2load over
+HTTP/1.1 (C, one thread; its per-request log gives each answer's status and latency); ``--client
+python`` uses asyncio connections in ``--processes`` processes, and is the only client that can mix
+priorities within a connection (``--priority-share``). On 2 cores the Python client's own event loops
+add to the latency it records: compare the two before reading a p99. h2load drops the requests still
+in flight when its window ends from its log, so a request starved past the window's end is not seen
+(the Python client waits for each connection's last answer): read the no-target rows with
+``--priority-connections`` from the Python client.
 """
 
 from __future__ import annotations
@@ -23,7 +32,9 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -123,10 +134,40 @@ def _spread(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-def flood(port: int, model: str, payload: bytes, args: argparse.Namespace) -> dict:
+def _h2load_flood(port: int, path: str, payload: bytes, args: argparse.Namespace) -> list[tuple]:
+    """The flood from h2load: one process per priority (K connections at 1, the rest at 2), each a
+    closed loop of HTTP/1.1 connections; returns (status, latency s, priority) per answered request."""
+    results: list[tuple] = []
+    groups = [(1, args.priority_connections), (2, args.connections - args.priority_connections)]
+    with tempfile.TemporaryDirectory() as tmp:
+        body = Path(tmp) / "body"
+        body.write_bytes(payload)
+        running = []
+        for priority, connections in groups:
+            if connections <= 0:
+                continue
+            log = Path(tmp) / f"priority-{priority}.log"
+            command = ["h2load", "--h1", "-t1", f"-c{connections}", "-m1", f"-D{args.duration:g}",
+                       "-d", str(body), "-H", "Content-Type: application/json",
+                       "-H", f"X-Priority: {priority}", f"--log-file={log}",
+                       f"http://127.0.0.1:{port}{path}"]  # fmt: skip
+            nice = (lambda: os.nice(args.client_nice)) if args.client_nice else None
+            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    preexec_fn=nice)  # fmt: skip
+            running.append((priority, log, proc))
+        for priority, log, proc in running:
+            out, _ = proc.communicate(timeout=args.duration + 60)
+            if proc.returncode != 0 or not log.exists():
+                raise RuntimeError(f"h2load failed ({proc.returncode}):\n{out[-2000:]}")
+            for line in log.read_text().splitlines():
+                _, status, elapsed_us = line.split("\t")[:3]
+                results.append((max(0, int(status)), int(elapsed_us) / 1e6, priority))
+    return results
+
+
+def _python_flood(port: int, path: str, payload: bytes, args: argparse.Namespace) -> list[tuple]:
     queue: mp.Queue = mp.Queue()
     per = max(1, args.connections // args.processes)
-    path = f"/v1/models/{model}:predict"
     procs = [
         mp.Process(
             target=_client,
@@ -149,6 +190,13 @@ def flood(port: int, model: str, payload: bytes, args: argparse.Namespace) -> di
     results = [record for _ in procs for record in queue.get()]
     for p in procs:
         p.join()
+    return results
+
+
+def flood(port: int, model: str, payload: bytes, args: argparse.Namespace) -> dict:
+    path = f"/v1/models/{model}:predict"
+    run = _h2load_flood if args.client == "h2load" else _python_flood
+    results = run(port, path, payload, args)
     statuses = Counter(status for status, _, _ in results)
     ok = sorted(latency for status, latency, _ in results if status == 200)
     ok_high = sorted(latency for status, latency, priority in results if status == 200 and priority == 1)
@@ -190,9 +238,17 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="renice the load generator by this much (a client on another machine takes no server CPU)",
     )
+    parser.add_argument(
+        "--client",
+        choices=("h2load", "python"),
+        default="h2load" if shutil.which("h2load") else "python",
+        help="the load generator (h2load: C, one thread; python: asyncio, mixes priorities per request)",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="windows per server, interleaved ABBA")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.client == "h2load" and args.priority_share:
+        parser.error("--priority-share needs --client python (h2load sends one header set per process)")
     workdir = Path(tempfile.mkdtemp(prefix="overload-"))
 
     def config(target: float | None) -> dict:
@@ -233,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers.values():
             server.stop()
     load = f"{args.connections} connections x {args.instances} instances, {args.duration:g} s windows"
-    print(f"{args.model} ({args.device}, {args.precision}), {load}, {args.rounds} round(s) in ABBA order")
+    print(f"{args.model} ({args.device}, {args.precision}), {load}, {args.rounds} round(s) in ABBA order, "
+          f"client {args.client}")  # fmt: skip
     columns = "200 | 503 | 504 | p50 ms (200s) | p99 ms (200s) | max ms | goodput/s | x none"
     print(f"| admission | round | {columns} |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -1,12 +1,12 @@
 """The one door to LitServe (pinned: 0.2.19). Every use of something outside its documented API is here.
 
-hookserve uses LitServe for what it does well: forking uvicorn API servers from one FastAPI app over
-one listening socket, its start-up order (workers, then API servers) and its shutdown sequence. It does
-not use LitServe's request path: predict routes are served by :mod:`service.http.front`, and requests
-reach workers over :mod:`service.messages` frames rather than LitServe's queues. Inference workers are
-spawned by hookserve's own pool (:mod:`service.pool.workers`), because models are loaded and unloaded
-while serving, which LitServe's fixed ``LitAPI`` list cannot express; LitServe is given one placeholder
-API and asks hookserve to start the workers at its usual moment. Each touch point below has a test in
+hookserve uses LitServe for what it does well: forking uvicorn API servers from one FastAPI app, its
+start-up order (workers, then API servers) and its shutdown sequence. It does not use LitServe's request
+path: predict routes are served by :mod:`service.http.front`, and requests reach workers over
+:mod:`service.messages` frames rather than LitServe's queues. Inference workers are spawned by
+hookserve's own pool (:mod:`service.pool.workers`), because models are loaded and unloaded while
+serving, which LitServe's fixed ``LitAPI`` list cannot express; LitServe is given one placeholder API
+and asks hookserve to start the workers at its usual moment. Each touch point below has a test in
 ``tests/test_litserve_compat.py`` that fails loudly if an upgrade moves it:
 
 1. ``LitServer._start_worker_monitoring`` is replaced: LitServe's monitor shuts the whole server down
@@ -31,10 +31,11 @@ API and asks hookserve to start the workers at its usual moment. Each touch poin
 8. ``LitServer._start_server(port, n, log_level, sockets, worker_type, **kwargs)`` forks ``n`` API
    servers, each a uvicorn server over its own copy of the app and the listening socket that ``run()``
    bound once, and returns them as ``{index: process}``. Its arguments are kept, so that a replacement is
-   started by the same call with ``n = 1`` (same app, same socket; LitServe numbers it 0, a number
-   hookserve's API servers do not use). ``run()`` hands the same ``uvicorn_workers`` dict to
+   started by the same call with ``n = 1`` (same app; LitServe numbers it 0, a number hookserve's API
+   servers do not use). ``run()`` hands the same ``uvicorn_workers`` dict to
    ``_start_worker_monitoring`` and to its shutdown: a replacement put in that dict is stopped by
-   LitServe's shutdown like the original.
+   LitServe's shutdown like the original. hookserve forks the API servers one at a time, each over a
+   listening socket of its own (:func:`reuseport_twins`), not over LitServe's shared one.
 The rest of hookserve sees a :class:`CompatLitServer` that takes a function to start the workers and
 knows nothing of ``LitAPI``, ``LitLoop`` or ``LitSpec``.
 """
@@ -44,6 +45,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
+import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -161,14 +164,69 @@ class CompatLitServer(ls.LitServer):
         self, port: int, count: int, log_level: str, sockets: list, *args: Any, **kwargs: Any
     ) -> dict:
         self._api_server_launch = ((port, 1, log_level, sockets, *args), kwargs)
-        return super()._start_server(port, count, log_level, sockets, *args, **kwargs)
+        if not reuseport_wanted(sockets):
+            return super()._start_server(port, count, log_level, sockets, *args, **kwargs)
+        servers = {index: self._fork_api_server() for index in range(count)}
+        for index, process in servers.items():
+            process.name = f"LitServer-{index}"
+        return servers
 
-    def relaunch_api_server(self, index: int, dead: mp.Process) -> mp.Process:
-        """Fork API server ``index`` anew, as LitServe forked it: the same app on the same socket."""
+    def _fork_api_server(self) -> Any:
+        """Fork one API server with LitServe's call; over a socket of its own where the kernel allows."""
         if self._api_server_launch is None:
             raise RuntimeError("no API server was started yet")
-        args, kwargs = self._api_server_launch
-        (process,) = super()._start_server(*args, **kwargs).values()
+        (port, _, log_level, sockets, *args), kwargs = self._api_server_launch
+        if not reuseport_wanted(sockets):
+            return next(iter(super()._start_server(port, 1, log_level, sockets, *args, **kwargs).values()))
+        own = reuseport_twins(sockets)
+        try:
+            return next(iter(super()._start_server(port, 1, log_level, own, *args, **kwargs).values()))
+        finally:
+            for sock in own:  # the child has its copy; later forks must not inherit this one
+                sock.close()
+
+    def relaunch_api_server(self, index: int, dead: mp.Process) -> mp.Process:
+        """Fork API server ``index`` anew, as LitServe forked it: the same app, a socket of its own."""
+        process = self._fork_api_server()
         process.name = dead.name
         self._api_servers[index] = process
         return process
+
+
+def reuseport_wanted(sockets: list[socket.socket]) -> bool:
+    """Whether each API server gets its own ``SO_REUSEPORT`` socket (``HOOKSERVE_REUSEPORT=0``: no)."""
+    return (
+        hasattr(socket, "SO_REUSEPORT")
+        and os.environ.get("HOOKSERVE_REUSEPORT") != "0"
+        and all(isinstance(sock, socket.socket) for sock in sockets)
+        and all(sock.family in (socket.AF_INET, socket.AF_INET6) for sock in sockets)
+    )
+
+
+def reuseport_twins(sockets: list[socket.socket]) -> list[socket.socket]:
+    """New sockets bound with ``SO_REUSEPORT`` to the addresses of ``sockets``, for one API server.
+
+    Why: over one shared listening socket, whichever API server wakes first accepts every pending
+    connection (uvloop drains the queue), so a burst of clients lands mostly on one process: 237 of 256
+    connections in one measured flood, one server at 100 % CPU while the other idled. With a socket per
+    server the kernel spreads connections over them by their address hash. LitServe's shared socket
+    stays bound and never listens; it is marked ``SO_REUSEPORT`` so that the twins can bind beside it.
+    The cost: connections still in a dying server's accept queue are reset, where a shared queue would
+    have handed them to a sibling (Linux ≥ 5.14 migrates them with ``net.ipv4.tcp_migrate_req=1``).
+    """
+    twins = []
+    for shared in sockets:
+        shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        twin = socket.socket(shared.family, shared.type)
+        twin.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        twin.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if shared.family == socket.AF_INET6:  # as uvicorn bound the shared one
+            twin.setsockopt(
+                socket.IPPROTO_IPV6,
+                socket.IPV6_V6ONLY,
+                shared.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY),
+            )
+        twin.bind(shared.getsockname())
+        twin.set_inheritable(True)
+        twins.append(twin)
+    return twins

@@ -1,8 +1,9 @@
 """A dead API server is replaced while the others keep serving, against real hookserve processes.
 
-SIGKILL stands in for any death (segfault, OOM kill). hookserve forks its API servers from one listening
-socket, so the kernel hands new connections to whichever server is left; only requests in flight on the
-killed one may fail.
+SIGKILL stands in for any death (segfault, OOM kill). Each API server listens on a socket of its own,
+bound to the same port with ``SO_REUSEPORT``: the kernel spreads new connections over the servers that
+are listening, so it hands them to whichever server is left; only requests in flight on the killed one
+(and connections it had not yet accepted) may fail.
 """
 
 from __future__ import annotations
@@ -71,6 +72,22 @@ def serving_pids(server: ServerProcess, connections: list[http.client.HTTPConnec
     return pids
 
 
+def listening_sockets(pid: int, port: int) -> set[str]:
+    """The listening TCP sockets on ``port`` that ``pid`` holds, by their kernel identity (inode)."""
+    tcp = psutil.Process(pid).net_connections(kind="tcp")
+    fds = {c.fd for c in tcp if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    return {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds}
+
+
+def accepted_per_pid(server: ServerProcess) -> dict[int, int]:
+    """How many connections on the server's port each API server has accepted."""
+    counts = {}
+    for pid in api_server_pids(server):
+        tcp = psutil.Process(pid).net_connections(kind="tcp")
+        counts[pid] = sum(c.status == psutil.CONN_ESTABLISHED and c.laddr.port == server.port for c in tcp)
+    return counts
+
+
 def restarts(server: ServerProcess) -> float:
     return sum_samples(requests.get(f"{server.base_url}/metrics", timeout=5).text, RESTART_METRIC)
 
@@ -112,6 +129,32 @@ class Load:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=15)
+
+
+def test_each_api_server_listens_on_its_own_socket_and_a_burst_of_connections_spreads(
+    server_factory,
+) -> None:
+    server = server_factory(config())
+    pids = api_server_pids(server)
+    listening = {pid: listening_sockets(pid, server.port) for pid in pids}
+    assert all(len(sockets) == 1 for sockets in listening.values()), listening
+    assert len(set.union(*listening.values())) == 2, "two sockets, not one shared by both servers"
+    # 64 connections at once: over one shared socket, the server that woke first took nearly all.
+    connections = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=10) for _ in range(64)]
+    try:
+        for connection in connections:
+            connection.connect()
+        for connection in connections:
+            connection.request("GET", "/health")
+            response = connection.getresponse()
+            assert response.status == 200 and response.read()
+        counts = accepted_per_pid(server)
+        assert sum(counts.values()) == 64, counts
+        # The kernel hashes each connection's addresses: below 16 of 64 has a chance under 1e-4.
+        assert min(counts.values()) >= 16, f"connections did not spread: {counts}"
+    finally:
+        for connection in connections:
+            connection.close()
 
 
 def test_a_killed_api_server_is_replaced_while_the_other_keeps_serving(server_factory) -> None:

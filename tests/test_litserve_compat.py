@@ -12,17 +12,25 @@ import inspect
 import multiprocessing as mp
 import os
 import signal
+import socket
 import threading
 
 import httpx
 import litserve as ls
 import pytest
+import uvicorn
 from litserve import server as litserve_server
 from litserve.server import _Server as LitServeUvicornServer
 from litserve.utils import WorkerSetupStatus
 from starlette.middleware.gzip import GZipMiddleware
 
-from service.litserve_compat import MANAGER_GONE_ERRORS, PLACEHOLDER_PATH, CompatLitServer, RoutelessSpec
+from service.litserve_compat import (
+    MANAGER_GONE_ERRORS,
+    PLACEHOLDER_PATH,
+    CompatLitServer,
+    RoutelessSpec,
+    reuseport_twins,
+)
 
 
 def compat_server(launch_workers=lambda processes: None) -> CompatLitServer:
@@ -188,20 +196,62 @@ def test_8_run_stops_the_same_api_server_dict_it_hands_to_the_monitor_hook() -> 
     assert "uvicorn_workers.items()" in inspect.getsource(ls.LitServer._perform_graceful_shutdown)
 
 
-def test_8_a_relaunched_api_server_serves_the_same_app_on_the_same_socket(monkeypatch) -> None:
-    forked: list[tuple] = []
+class _FakeFork:
+    """Stands for LitServe's fork context: records (target, args) instead of starting a process."""
 
-    class FakeProcess:
-        def __init__(self, target, args, name) -> None:
-            self.target, self.args, self.name = target, args, name
+    def __init__(self, monkeypatch) -> None:
+        self.forked: list[tuple] = []
+        forked = self.forked
 
-        def start(self) -> None:
-            forked.append((self.target, self.args))
+        class FakeProcess:
+            def __init__(self, target, args, name) -> None:
+                self.target, self.args, self.name = target, args, name
 
-    class FakeContext:
-        Process = FakeProcess
+            def start(self) -> None:
+                forked.append((self.target, self.args))
 
-    monkeypatch.setattr(litserve_server.mp, "get_context", lambda method: FakeContext)
+        class FakeContext:
+            Process = FakeProcess
+
+        monkeypatch.setattr(litserve_server.mp, "get_context", lambda method: FakeContext)
+
+
+def test_8_each_api_server_gets_a_reuseport_socket_of_its_own_beside_litserves(monkeypatch) -> None:
+    fork = _FakeFork(monkeypatch)
+    shared = uvicorn.Config(app=None, host="127.0.0.1", port=0).bind_socket()  # as run() binds it
+    try:
+        server = compat_server()
+        servers = server._start_server(shared.getsockname()[1], 2, "warning", [shared], "process")
+        assert [p.name for p in servers.values()] == ["LitServer-0", "LitServer-1"]
+        owns = [args[1] for _, args in fork.forked]
+        assert len(owns) == 2 and all(len(own) == 1 and own[0] is not shared for own in owns)
+        assert owns[0][0] is not owns[1][0], "one socket per API server"
+        assert all(own[0].fileno() == -1 for own in owns), "closed in the parent once forked"
+        assert shared.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+        replacement = server.relaunch_api_server(1, servers[1])
+        assert fork.forked[-1][1][0] is not shared and replacement.name == "LitServer-1"
+        # A twin binds beside the others while they are open (the kernel's reuseport group).
+        first, second = reuseport_twins([shared]), reuseport_twins([shared])
+        assert first[0].getsockname() == second[0].getsockname() == shared.getsockname()
+        for sock in first + second:
+            sock.close()
+    finally:
+        shared.close()
+
+
+def test_8_with_hookserve_reuseport_0_the_api_servers_share_litserves_socket(monkeypatch) -> None:
+    fork = _FakeFork(monkeypatch)
+    monkeypatch.setenv("HOOKSERVE_REUSEPORT", "0")
+    shared = uvicorn.Config(app=None, host="127.0.0.1", port=0).bind_socket()
+    try:
+        compat_server()._start_server(shared.getsockname()[1], 2, "warning", [shared], "process")
+        assert [args[1] for _, args in fork.forked] == [[shared], [shared]]
+    finally:
+        shared.close()
+
+
+def test_8_a_relaunched_api_server_serves_the_same_app(monkeypatch) -> None:
+    forked = _FakeFork(monkeypatch).forked
     server = compat_server()
     sockets = [object()]  # stands for the socket run() bound
     uvicorn_workers = server._start_server(8123, 2, "warning", sockets, "process")
@@ -211,7 +261,7 @@ def test_8_a_relaunched_api_server_serves_the_same_app_on_the_same_socket(monkey
     assert uvicorn_workers == {0: uvicorn_workers[0], 1: replacement}, "LitServe's shutdown stops it"
     assert replacement is not dead and replacement.name == dead.name
     target, args = forked[-1]
-    assert args[1] is sockets, "the replacement accepts on the same listening socket"
+    assert args[1] is sockets, "not sockets that LitServe bound: the replacement shares them"
     assert isinstance(target.__self__, LitServeUvicornServer)
     config = target.__self__.config
     assert config.port == 8123 and config.app.__class__ is server.app.__class__
