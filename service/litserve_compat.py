@@ -30,12 +30,12 @@ and asks hookserve to start the workers at its usual moment. Each touch point be
    what it needs. Everything the router does not answer goes through FastAPI unchanged.
 8. ``LitServer._start_server(port, n, log_level, sockets, worker_type, **kwargs)`` forks ``n`` API
    servers, each a uvicorn server over its own copy of the app and the listening socket that ``run()``
-   bound once, and returns them as ``{index: process}``. Its arguments are kept, so that a replacement is
-   started by the same call with ``n = 1`` (same app; LitServe numbers it 0, a number hookserve's API
-   servers do not use). ``run()`` hands the same ``uvicorn_workers`` dict to
+   bound once, and returns them as ``{index: process}``. hookserve keeps its arguments and calls it with
+   ``n = 1`` once per API server and once per replacement (LitServe numbers each 0, a number hookserve's
+   API servers do not use), each over a listening socket of its own (:func:`reuseport_twins`) rather
+   than LitServe's shared one. ``run()`` hands the same ``uvicorn_workers`` dict to
    ``_start_worker_monitoring`` and to its shutdown: a replacement put in that dict is stopped by
-   LitServe's shutdown like the original. hookserve forks the API servers one at a time, each over a
-   listening socket of its own (:func:`reuseport_twins`), not over LitServe's shared one.
+   LitServe's shutdown like the original.
 The rest of hookserve sees a :class:`CompatLitServer` that takes a function to start the workers and
 knows nothing of ``LitAPI``, ``LitLoop`` or ``LitSpec``.
 """
@@ -164,8 +164,6 @@ class CompatLitServer(ls.LitServer):
         self, port: int, count: int, log_level: str, sockets: list, *args: Any, **kwargs: Any
     ) -> dict:
         self._api_server_launch = ((port, 1, log_level, sockets, *args), kwargs)
-        if not reuseport_wanted(sockets):
-            return super()._start_server(port, count, log_level, sockets, *args, **kwargs)
         servers = {index: self._fork_api_server() for index in range(count)}
         for index, process in servers.items():
             process.name = f"LitServer-{index}"
@@ -176,11 +174,10 @@ class CompatLitServer(ls.LitServer):
         if self._api_server_launch is None:
             raise RuntimeError("no API server was started yet")
         (port, _, log_level, sockets, *args), kwargs = self._api_server_launch
-        if not reuseport_wanted(sockets):
-            return next(iter(super()._start_server(port, 1, log_level, sockets, *args, **kwargs).values()))
-        own = reuseport_twins(sockets)
+        own = reuseport_twins(sockets) if reuseport_wanted(sockets) else []
         try:
-            return next(iter(super()._start_server(port, 1, log_level, own, *args, **kwargs).values()))
+            forked = super()._start_server(port, 1, log_level, own or sockets, *args, **kwargs)
+            return next(iter(forked.values()))
         finally:
             for sock in own:  # the child has its copy; later forks must not inherit this one
                 sock.close()
@@ -198,8 +195,10 @@ def reuseport_wanted(sockets: list[socket.socket]) -> bool:
     return (
         hasattr(socket, "SO_REUSEPORT")
         and os.environ.get("HOOKSERVE_REUSEPORT") != "0"
-        and all(isinstance(sock, socket.socket) for sock in sockets)
-        and all(sock.family in (socket.AF_INET, socket.AF_INET6) for sock in sockets)
+        and all(
+            isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6)
+            for sock in sockets
+        )
     )
 
 
