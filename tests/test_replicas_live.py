@@ -196,7 +196,9 @@ def test_dashboard_and_alert_queries_aggregate_over_replicas(stack: ReplicaStack
     assert not per_instance, f"panels with a series per replica: {sorted(set(per_instance))}"
     assert answered >= 15, f"only {answered} dashboard queries returned data"
     # The request rate summed over replicas equals the sum of the per-replica rates.
-    at = time.time()
+    # Both at one instant a few seconds back: a scrape that starts before `at` but is stored between
+    # the two queries would otherwise reach only the second one.
+    at = time.time() - 5.0
     total = query(stack, f'sum by (model) (rate(hookserve_requests_total{{model="{MODEL}"}}[1m]))', at)
     parts = query(stack, f'sum by (replica) (rate(hookserve_requests_total{{model="{MODEL}"}}[1m]))', at)
     assert float(total[0]["value"][1]) == pytest.approx(sum(float(p["value"][1]) for p in parts))
