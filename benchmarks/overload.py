@@ -10,7 +10,8 @@ machine's load meets both alike) each is flooded in turn by closed-loop connecti
 of ``--instances`` instances, wait for its answer, and send the next at once (a client with no retry
 budget: the worst case for a server that sheds). The client records every answer's status and latency,
 so the table gives the p50/p99 of the 200s alone, the counts of 503 and 504, and goodput (instances
-answered with 200 per s).
+answered with 200 per s); below it, the p99 of the 200s by the second of the window they were sent in
+(where in the window the tail is).
 ``--priority-share`` sends that share of requests as priority 1 (``X-Priority: 1``), the rest as 2;
 ``--priority-connections K`` gives priority 1 to K connections of their own instead (a minority client
 whose answers must meet the target while the rest is shed).
@@ -60,7 +61,7 @@ async def _connection(port: int, bodies: list[bytes], stop_at: float, out: list)
             writer.write(body)
             status_line = await reader.readline()
             if not status_line:
-                out.append((0, time.perf_counter() - start, 0))
+                out.append((0, time.perf_counter() - start, 0, start))
                 return
             length = 0
             priority = 0
@@ -70,9 +71,9 @@ async def _connection(port: int, bodies: list[bytes], stop_at: float, out: list)
                     length = int(value)
             await reader.readexactly(length)
             priority = 1 if b"X-Priority: 1\r\n" in body[:400] else 2
-            out.append((int(status_line.split(b" ", 2)[1]), time.perf_counter() - start, priority))
+            out.append((int(status_line.split(b" ", 2)[1]), time.perf_counter() - start, priority, start))
     except (ConnectionError, asyncio.IncompleteReadError):
-        out.append((0, 0.0, 0))
+        out.append((0, 0.0, 0, time.perf_counter()))
     finally:
         writer.close()
 
@@ -136,7 +137,8 @@ def _spread(total: int, parts: int) -> list[int]:
 
 def _h2load_flood(port: int, path: str, payload: bytes, args: argparse.Namespace) -> list[tuple]:
     """The flood from h2load: one process per priority (K connections at 1, the rest at 2), each a
-    closed loop of HTTP/1.1 connections; returns (status, latency s, priority) per answered request."""
+    closed loop of HTTP/1.1 connections; returns (status, latency s, priority, start s) per answered
+    request."""
     results: list[tuple] = []
     groups = [(1, args.priority_connections), (2, args.connections - args.priority_connections)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -160,8 +162,8 @@ def _h2load_flood(port: int, path: str, payload: bytes, args: argparse.Namespace
             if proc.returncode != 0 or not log.exists():
                 raise RuntimeError(f"h2load failed ({proc.returncode}):\n{out[-2000:]}")
             for line in log.read_text().splitlines():
-                _, status, elapsed_us = line.split("\t")[:3]
-                results.append((max(0, int(status)), int(elapsed_us) / 1e6, priority))
+                start_us, status, elapsed_us = line.split("\t")[:3]
+                results.append((max(0, int(status)), int(elapsed_us) / 1e6, priority, int(start_us) / 1e6))
     return results
 
 
@@ -197,9 +199,9 @@ def flood(port: int, model: str, payload: bytes, args: argparse.Namespace) -> di
     path = f"/v1/models/{model}:predict"
     run = _h2load_flood if args.client == "h2load" else _python_flood
     results = run(port, path, payload, args)
-    statuses = Counter(status for status, _, _ in results)
-    ok = sorted(latency for status, latency, _ in results if status == 200)
-    ok_high = sorted(latency for status, latency, priority in results if status == 200 and priority == 1)
+    statuses = Counter(status for status, *_ in results)
+    ok = sorted(latency for status, latency, *_ in results if status == 200)
+    ok_high = sorted(latency for status, latency, priority, _ in results if status == 200 and priority == 1)
 
     def pct(values: list[float], q: float) -> float:
         return values[min(len(values) - 1, int(q * len(values)))] * 1e3 if values else float("nan")
@@ -210,7 +212,19 @@ def flood(port: int, model: str, payload: bytes, args: argparse.Namespace) -> di
         "p50_ms": pct(ok, 0.5), "p99_ms": pct(ok, 0.99), "max_ms": pct(ok, 1.0),
         "p99_priority1_ms": pct(ok_high, 0.99),
         "goodput": statuses.get(200, 0) * args.instances / args.duration,
+        "p99_by_second_ms": _p99_by_second(results, pct),
     }  # fmt: skip
+
+
+def _p99_by_second(results: list[tuple], pct) -> list[float]:
+    """The p99 of the 200s by the second of the window in which they were sent: where the tail is."""
+    first = min((start for *_, start in results), default=0.0)
+    by_second: dict[int, list[float]] = {}
+    for status, latency, _, start in results:
+        if status == 200:
+            by_second.setdefault(int(start - first), []).append(latency)
+    seconds = range(max(by_second, default=-1) + 1)
+    return [round(pct(sorted(by_second[s]), 0.99)) if s in by_second else 0 for s in seconds]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         timeouts = sum(r["504"] for r in windows[label])
         print(f"{label}: goodput x none {statistics.median(ratios[label]):.2f} (median of rounds), "
               f"p99 {p99:.0f} ms (median of rounds), 504s {timeouts}")  # fmt: skip
+    for label in modes:
+        for round_, r in enumerate(windows[label], 1):
+            print(f"{label}, round {round_}: p99 ms of the 200s by second sent {r['p99_by_second_ms']}")
     for label in modes:
         r = windows[label][-1]
         busy = f"model busy {r['model_busy']:.0%} of the time"

@@ -1,14 +1,20 @@
 """Admission at the door, in-process: the hard cap, the latency target from the published cost line, what
-a refusal carries (reason, Retry-After), and that the shared queue counts stay right across processes."""
+a refusal carries (reason, Retry-After), the refusal before a body is read (sized from its length), and
+that the shared queue counts stay right across processes."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing as mp
 
 import pytest
 from prometheus_client import REGISTRY
 
-from service.http.admission import AdmissionGate, Rejected
+from models.base import InputSpec, OutputSpec
+from service.http.admission import AdmissionGate, DrainSwitch, Rejected
+from service.http.inference import RouteSettings
+from service.http.instance_estimate import InstanceEstimate
+from service.http.predict import PredictRoute
 from service.scheduling.board import CostBoard
 
 
@@ -184,3 +190,73 @@ def test_late_answers_shrink_the_admitted_work_and_on_time_ones_restore_it() -> 
     for _ in range(1000):
         gate.budget.observe(0.05)
     assert gate.budget.budget_s == pytest.approx(0.2)
+
+
+def test_the_early_refusal_counts_the_request_s_likely_instances() -> None:
+    gate, board = gate_with_cost("early-sized", target_s=0.2)
+    board.publish(0, 0, 0.001, 0.02)
+    for _ in range(13):
+        assert gate.admit(4) is None  # 52 queued: one more instance fits (193 ms), four more do not
+    assert gate.refuse_early() is None
+    assert gate.admit(4) is None  # 56 queued
+    gate.leave(4)  # 52 again
+    rejection = gate.refuse_early(instances=8)  # 60 + 8 * 20 = 220 ms: refused before its body is read
+    assert rejection is not None and rejection.reason == "latency_target" and "220 ms" in str(rejection)
+
+
+def test_the_instance_estimate_learns_bytes_per_instance_and_guesses_low() -> None:
+    estimate = InstanceEstimate(max_instances=64, slack=1.15)
+    assert estimate.instances(b"80000") == 1  # nothing learned yet: as if one instance
+    estimate.learn(79_000, 64)  # ~1,234 bytes per instance
+    assert estimate.instances(b"79000") == 55  # 64 / 1.15: held low, so a request that fits is read
+    assert estimate.instances(b"1234") == 1 and estimate.instances(b"10") == 1  # at least one
+    assert estimate.instances(b"9" * 12) == 64  # at most the model's limit (decoding answers the rest)
+    for unknown in (None, b"12x", b"9" * 40):  # no length, a malformed one, one no body can have
+        assert estimate.instances(unknown) == 1
+    for _ in range(100):
+        estimate.learn(2_000, 1)  # another client's bodies: the mean moves to them
+    assert estimate.instances(b"2000") == 1 and estimate.instances(b"20000") == 8
+    estimate.learn(0, 0)  # an empty request teaches nothing
+    assert estimate.instances(b"20000") == 8
+
+
+def route_for_early_refusal(model: str) -> tuple[PredictRoute, AdmissionGate, CostBoard]:
+    gate, board = gate_with_cost(model, target_s=0.2)
+    settings = RouteSettings(
+        model=model,
+        version="1",
+        input_spec=InputSpec(shape=(4,)),
+        output_spec=OutputSpec(labels=("a", "b")),
+        max_instances=64,
+        request_timeout_s=5.0,
+        max_body_bytes=1 << 20,
+        api_key=None,
+    )
+    return PredictRoute(settings, None, gate, DrainSwitch()), gate, board  # type: ignore[arg-type]
+
+
+def test_a_flooded_route_refuses_a_large_body_unread_and_reads_a_small_one() -> None:
+    route, gate, board = route_for_early_refusal("early-route")
+    board.publish(0, 0, 0.001, 0.02)
+    route.sizes.learn(2_400, 100)  # 24 bytes per instance, as this client's bodies were
+    for _ in range(13):
+        assert gate.admit(4) is None  # 52 queued: one instance still fits, eight do not
+    reads: list[int] = []
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        reads.append(1)
+        return {"type": "http.request", "body": b"not json", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    def post(length: int) -> int:
+        reads.clear()
+        sent.clear()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(length).encode())]
+        asyncio.run(route({"type": "http", "method": "POST", "path": "/", "headers": headers}, receive, send))
+        return sent[0]["status"]
+
+    assert post(24 * 10) == 503 and reads == []  # likely 8 instances: refused before the body is read
+    assert post(24) == 422 and reads == [1]  # likely one: read and decoded (and found malformed)

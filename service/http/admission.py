@@ -17,9 +17,10 @@ The prediction adds what the API server itself will make the request wait, which
 see: the time since it arrived (``waited_s``) and two turns of this process's event loop
 (:class:`~service.scheduling.loop_lag.LoopLag`: one before the request was read, one before its answer
 is written). :meth:`AdmissionGate.refuse_early` runs the same test before the body is read and decoded,
-with the queue ahead alone: under a flood most refusals then cost no decoding at all. What is still
-unseen (a CPU shared with the API servers, noisy neighbours) is corrected from the answers' real times:
-the prediction is held to a :class:`~service.scheduling.budget.TargetBudget` (AIMD below the target).
+with the request's size guessed from its length: under a flood most refusals then cost no decoding.
+What is still unseen (a CPU shared with the API servers, noisy neighbours) is corrected from the answers'
+real times: the prediction is held to a :class:`~service.scheduling.budget.TargetBudget` (AIMD below the
+target).
 """
 
 from __future__ import annotations
@@ -107,14 +108,15 @@ class AdmissionGate:
             self._predicted_wait = PREDICTED_WAIT.labels(self.model)
         self._predicted_wait.observe(seconds)
 
-    def refuse_early(self, priority: int = 1, waited_s: float = 0.0) -> Rejected | None:
-        """The refusal :meth:`admit` would give a request of one instance, before its body is read: the
-        queue ahead alone misses the target, or the hard cap is reached. Counts nothing in the queue and
-        takes no lock (a racy read only makes the test approximate; :meth:`admit` decides exactly)."""
+    def refuse_early(self, priority: int = 1, waited_s: float = 0.0, instances: int = 1) -> Rejected | None:
+        """The refusal :meth:`admit` would give a request of ``instances`` (an estimate:
+        :class:`~service.http.instance_estimate.InstanceEstimate`) before its body is read: the queue
+        ahead and its likely size miss the target, or the hard cap is reached. Counts nothing in the queue
+        and takes no lock (a racy read only makes the test approximate; :meth:`admit` decides exactly)."""
         if self.latency_target_s is None:
             return None  # without a target, only the hard cap, checked at admission (no decoding saved)
         queue = self._queue
-        rejection = self._refusal(queue[0], sum(queue[1 : 1 + priority]), 1, None, waited_s)
+        rejection = self._refusal(queue[0], sum(queue[1 : 1 + priority]), instances, None, waited_s)
         return None if rejection is None else self._count(rejection)
 
     def _count(self, rejection: Rejected) -> Rejected:

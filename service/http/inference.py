@@ -26,9 +26,10 @@ from starlette.types import Receive, Send
 
 from models.base import InputSpec, OutputSpec
 from service.http.admission import LOOP_TURNS, AdmissionGate, DrainSwitch, Rejected
-from service.http.asgi import JSON, Headers, media_type, send_response
+from service.http.asgi import JSON, Headers, header, media_type, send_response
 from service.http.auth import require_api_key
 from service.http.errors import ClientError, request_id_of, send_error
+from service.http.instance_estimate import InstanceEstimate
 from service.http.middleware import read_body
 from service.http.worker_client import ModelWorkers, WorkerUnavailable
 from service.messages import InferRequest
@@ -217,7 +218,12 @@ class InferenceRoute(InferencePipeline):
     ) -> None:
         super().__init__(settings, workers, gate, drain)
         self.counter = RequestCounter(settings.model, self.protocol, settings.version)
+        self.sizes = InstanceEstimate(settings.max_instances)  # for the refusal before the body is read
         self.tracer: RequestTracer | None = None  # set in each API server when tracing is on
+
+    def bind(self, settings: RouteSettings, workers: ModelWorkers, gate: AdmissionGate) -> None:
+        super().bind(settings, workers, gate)
+        self.sizes.max_instances = settings.max_instances  # a reload may change it; the bytes stay alike
 
     # -- the protocol's part
     def decode(self, scope: dict, body: bytes) -> Decoded:
@@ -276,9 +282,11 @@ class InferenceRoute(InferencePipeline):
             raise ClientError(405, "use POST for inference", ALLOW_POST)
         require_api_key(scope, settings.api_key)
         self.check_content_type(scope)
-        # Refused before its body is read and decoded when the queue ahead alone misses the target: under
-        # a flood, refusals then cost no decoding (an unread body is discarded; the connection stays open).
-        early = self.gate.refuse_early(self.priority_hint(scope), time.monotonic() - arrived)
+        # Refused before its body is read and decoded when the queue ahead and the request's likely size
+        # miss the target: under a flood, refusals then cost no decoding (an unread body is discarded; the
+        # connection stays open).
+        likely = self.sizes.instances(header(scope, b"content-length"))
+        early = self.gate.refuse_early(self.priority_hint(scope), time.monotonic() - arrived, likely)
         if early is not None:
             raise early
         body = await read_body(scope, receive, settings.max_body_bytes)
@@ -287,6 +295,7 @@ class InferenceRoute(InferencePipeline):
         else:
             with traced.phase("decode"):
                 decoded = self.decode(scope, body)
+        self.sizes.learn(len(body), len(decoded.instances))
         status, payload = await self.infer(decoded, request_id, arrived, traced)
         if status != 200:  # a worker's 503 is a shed request: it may be retried
             headers = (RETRY_AFTER,) if status == 503 else ()
