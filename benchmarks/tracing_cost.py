@@ -1,6 +1,7 @@
 """What tracing costs when served: req/s and latency with tracing off, and on at 0 %, 1 % and 100 %.
 
-``python -m benchmarks.tracing_cost [--model tiny] [--concurrency 32] [--duration 8] [--repeats 3]``
+``python -m benchmarks.tracing_cost [--model tiny] [--concurrency 32] [--duration 8] [--repeats 3]
+[--modes off,0%,1%,100%]``
 
 Four hookserve servers (1 API server, 1 worker, monitoring on) serve the same model, one per mode; the
 traced ones export OTLP/HTTP to a sink in its own process that answers without decoding (a collector
@@ -9,7 +10,10 @@ through the modes, each cycle starting one mode later (no mode always follows an
 one still exporting), so each sees the same machine; the table shows medians, each mode's ratio to
 "off" (the median of the cycles' ratios), and the CPU time per request of the API server and the
 worker (less sensitive to a busy machine than req/s). "0 %" is tracing on with nothing sampled: the cost of
-being ready to trace. Run it on a quiet machine.
+being ready to trace. A cost of a percent or two is within one window's noise on 2 cores: for it, run two
+modes (``--modes off,1%``) over many short cycles, and read the 90 % interval the table gives for the
+median ratio (a bootstrap over the cycles); ``--modes off,off2,1%`` adds a second untraced server, whose
+ratio to the first is what two alike servers differ by in this run. Run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from benchmarks.servers import REPO_ROOT, HookserveSettings, free_port, start_ho
 
 PLUGINS = REPO_ROOT / "benchmarks" / "peers" / "servers"
 MODES = {"off": None, "0%": 0.0, "1%": 0.01, "100%": 1.0}
+A_A = {"off2": None}  # a second untraced server, asked for by name: what two alike servers differ by
 RECEIVER = """
 import sys, time
 from benchmarks.otlp_receiver import OtlpReceiver
@@ -59,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--modes", default=",".join(MODES), help="which of off,0%%,1%%,100%%,off2 to run")
     args = parser.parse_args(argv)
+    modes_run = {mode: (MODES | A_A)[mode] for mode in args.modes.split(",")}
+    if "off" not in modes_run or len(modes_run) < 2:
+        parser.error("--modes needs off and at least one traced mode")
 
     workdir = Path(tempfile.mkdtemp(prefix="tracing-cost-"))
     receiver_port = free_port()
@@ -74,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     servers = {}
     try:
-        for mode, ratio in MODES.items():
+        for mode, ratio in modes_run.items():
             servers[mode] = start_hookserve(
                 f"tracing-{mode.rstrip('%')}", server_config(args.model, ratio), workdir, env
             )
@@ -84,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         shape = (64,) if args.model == "tiny" else (3, 32, 32)
         x = np.random.default_rng(0).standard_normal((1, *shape), dtype=np.float32)
         bodies = write_bodies([orjson.dumps({"instances": x.tolist()})], workdir)
-        results: dict[str, list] = {mode: [] for mode in MODES}
-        cpu: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
+        results: dict[str, list] = {mode: [] for mode in modes_run}
+        cpu: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes_run}
         for server in servers.values():  # warm-up
             run_load(server.predict_url, bodies, args.concurrency, 2)
         modes = list(servers)
@@ -103,23 +112,34 @@ def main(argv: list[str] | None = None) -> int:
         receiver.kill()
     windows = f"{args.repeats} x {args.duration:g} s windows (medians; x off: of each cycle's ratio)"
     print(f"model {args.model}, {args.concurrency} clients, {windows}")
-    print("| tracing | req/s | x off | p50 ms | p99 ms | errors | API CPU us/req | worker CPU us/req |")
-    print("|---|---|---|---|---|---|---|---|")
+    columns = "req/s | x off | 90 % interval | p50 ms | p99 ms | errors | API CPU us/req | worker CPU us/req"
+    print(f"| tracing | {columns} |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for mode, windows in results.items():
         rate = statistics.median(r.ok_per_s for r in windows)
-        ratio = statistics.median(
-            r.ok_per_s / off.ok_per_s for r, off in zip(windows, results["off"], strict=True) if off.ok_per_s
-        )
+        pairs = zip(windows, results["off"], strict=True)
+        ratios = [r.ok_per_s / off.ok_per_s for r, off in pairs if off.ok_per_s]
+        ratio = statistics.median(ratios)
+        low, high = median_interval(ratios)
         p50 = statistics.median(r.p50_ms for r in windows)
         p99 = statistics.median(r.p99_ms for r in windows)
         errors = sum(r.errors for r in windows)
         api = statistics.median(c.get("api", 0.0) for c in cpu[mode])
         worker = statistics.median(c.get("worker", 0.0) for c in cpu[mode])
         print(
-            f"| {mode} | {rate:,.0f} | {ratio:.3f} | {p50:.2f} | {p99:.2f} | {errors} "
+            f"| {mode} | {rate:,.0f} | {ratio:.3f} | {low:.3f}-{high:.3f} | {p50:.2f} | {p99:.2f} | {errors} "
             f"| {api:.1f} | {worker:.1f} |"
         )
     return 0
+
+
+def median_interval(values: list[float], level: float = 0.9, resamples: int = 2000) -> tuple[float, float]:
+    """A bootstrap ``level`` interval of the median of ``values`` (the cycles' ratios)."""
+    data = np.asarray(values)
+    rng = np.random.default_rng(0)
+    medians = np.median(rng.choice(data, size=(resamples, len(data))), axis=1)
+    tail = (1 - level) / 2
+    return float(np.quantile(medians, tail)), float(np.quantile(medians, 1 - tail))
 
 
 def cpu_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client import REGISTRY
@@ -46,6 +47,27 @@ def test_the_standard_sampler_variables_set_the_ratio_and_whether_parents_decide
     assert sampling(OTEL_TRACES_SAMPLER="traceidratio", OTEL_TRACES_SAMPLER_ARG="0.2") == (0.2, False)
     assert sampling(OTEL_TRACES_SAMPLER="always_off") == (0.0, False)
     assert sampling(OTEL_TRACES_SAMPLER="traceidratio", OTEL_TRACES_SAMPLER_ARG="lots") == (1.0, False)
+
+
+def test_the_export_schedule_follows_the_batch_processor_variables() -> None:
+    on = {"OTEL_EXPORTER_OTLP_ENDPOINT": "x"}
+
+    def schedule(config: TracingConfig, **env: str) -> tuple[float, int, int]:
+        settings = resolve(config, {**on, **env})
+        assert settings is not None
+        return settings.export_interval_s, settings.max_queued_spans, settings.export_batch_spans
+
+    assert schedule(TracingConfig()) == (5.0, 4096, 512)  # OpenTelemetry's batch processor defaults
+    bsp = {
+        "OTEL_BSP_SCHEDULE_DELAY": "250",
+        "OTEL_BSP_MAX_QUEUE_SIZE": "100",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "7",
+    }
+    assert schedule(TracingConfig(), **bsp) == (0.25, 100, 7)
+    config = TracingConfig(export_interval_s=2.0, max_queued_spans=9, export_batch_spans=3)
+    assert schedule(config, **bsp) == (2.0, 9, 3)  # the config's own keys win over the variables
+    bad = {"OTEL_BSP_SCHEDULE_DELAY": "soon", "OTEL_BSP_MAX_QUEUE_SIZE": "-1"}
+    assert schedule(TracingConfig(), **bad) == (5.0, 4096, 512)
 
 
 class Sender:
@@ -113,6 +135,21 @@ def test_a_full_buffer_drops_and_counts_instead_of_blocking() -> None:
     gate.set()
     export.shutdown()
     assert len(sender.spans()) == 5
+
+
+def test_a_full_batch_is_exported_before_the_interval_ends_in_requests_of_at_most_a_batch() -> None:
+    sender = Sender()
+    resource = otlp_wire.attributes({"service.name": "test"}, number=1)
+    export = SpanExport(sender, resource, otlp_wire.scope("test"), 1000, interval_s=3600, batch=4)
+    export.add(encoded_spans(3))
+    time.sleep(0.2)
+    assert sender.requests == []  # under a batch: it waits for the interval (an hour here)
+    export.add(encoded_spans(7))  # 10 buffered: the thread wakes at once
+    deadline = time.monotonic() + 10
+    while len(sender.spans()) < 10 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [len(decode(data)) for data in sender.requests] == [4, 4, 2]
+    export.shutdown()
 
 
 def test_a_failed_export_counts_its_spans_as_dropped() -> None:

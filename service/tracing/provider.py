@@ -47,5 +47,6 @@ def start_tracer(
         otlp_wire.scope(INSTRUMENTATION),
         settings.max_queued_spans,
         settings.export_interval_s,
+        settings.export_batch_spans,
     )
     return export, resource

@@ -34,10 +34,24 @@ class TracingConfig(BaseModel):
         description="Share of new traces sampled (an incoming sampled traceparent is always followed); "
         "unset: OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (OpenTelemetry's default: every trace).",
     )
-    max_queued_spans: int = Field(
-        default=4096, ge=1, description="Spans buffered per process for export; past it they are dropped."
+    max_queued_spans: int | None = Field(
+        default=None,
+        ge=1,
+        description="Spans buffered per process for export; past it they are dropped. Unset: "
+        "OTEL_BSP_MAX_QUEUE_SIZE, else 4096.",
     )
-    export_interval_s: float = Field(default=1.0, gt=0, description="How often a process exports its spans.")
+    export_interval_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="How often a process exports its spans. Unset: OTEL_BSP_SCHEDULE_DELAY (ms), else 5 s, "
+        "the OpenTelemetry batch processor's default.",
+    )
+    export_batch_spans: int | None = Field(
+        default=None,
+        ge=1,
+        description="Spans per export request; this many buffered start an export before the interval "
+        "ends. Unset: OTEL_BSP_MAX_EXPORT_BATCH_SIZE, else 512.",
+    )
     export_timeout_s: float = Field(default=5.0, gt=0, description="One export call's timeout.")
 
 
@@ -52,6 +66,7 @@ class TracingSettings:
     max_queued_spans: int
     export_interval_s: float
     export_timeout_s: float
+    export_batch_spans: int = 512
 
 
 def resolve(config: TracingConfig, environ: dict[str, str] | None = None) -> TracingSettings | None:
@@ -70,10 +85,20 @@ def resolve(config: TracingConfig, environ: dict[str, str] | None = None) -> Tra
         sample_ratio=ratio,
         follow_parent=follow_parent,
         service_name=env.get("OTEL_SERVICE_NAME") or DEFAULT_SERVICE_NAME,
-        max_queued_spans=config.max_queued_spans,
-        export_interval_s=config.export_interval_s,
+        max_queued_spans=config.max_queued_spans or _env_int(env, "OTEL_BSP_MAX_QUEUE_SIZE", 4096),
+        export_interval_s=config.export_interval_s or _env_int(env, "OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000,
         export_timeout_s=config.export_timeout_s,
+        export_batch_spans=config.export_batch_spans or _env_int(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512),
     )
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    """A positive integer OpenTelemetry variable; its default when unset or not one (as the SDK does)."""
+    try:
+        value = int(env.get(name, "").strip())
+    except ValueError:
+        return default
+    return value if value > 0 else default
 
 
 def _sampling(config: TracingConfig, env: Mapping[str, str]) -> tuple[float, bool]:
