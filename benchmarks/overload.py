@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -216,7 +217,7 @@ def flood(port: int, model: str, payload: bytes, args: argparse.Namespace) -> di
     }  # fmt: skip
 
 
-def _p99_by_second(results: list[tuple], pct) -> list[float]:
+def _p99_by_second(results: list[tuple], pct: Callable[[list[float], float], float]) -> list[int]:
     """The p99 of the 200s by the second of the window in which they were sent: where the tail is."""
     first = min((start for *_, start in results), default=0.0)
     by_second: dict[int, list[float]] = {}

@@ -14,6 +14,7 @@ from models.base import InputSpec, OutputSpec
 from service.http.admission import AdmissionGate, DrainSwitch, Rejected
 from service.http.inference import RouteSettings
 from service.http.instance_estimate import InstanceEstimate
+from service.http.middleware import declared_length
 from service.http.predict import PredictRoute
 from service.scheduling.board import CostBoard
 
@@ -206,18 +207,20 @@ def test_the_early_refusal_counts_the_request_s_likely_instances() -> None:
 
 def test_the_instance_estimate_learns_bytes_per_instance_and_guesses_low() -> None:
     estimate = InstanceEstimate(max_instances=64, slack=1.15)
-    assert estimate.instances(b"80000") == 1  # nothing learned yet: as if one instance
+    assert estimate.instances(80000) == 1  # nothing learned yet: as if one instance
     estimate.learn(79_000, 64)  # ~1,234 bytes per instance
-    assert estimate.instances(b"79000") == 55  # 64 / 1.15: held low, so a request that fits is read
-    assert estimate.instances(b"1234") == 1 and estimate.instances(b"10") == 1  # at least one
-    assert estimate.instances(b"9" * 12) == 64  # at most the model's limit (decoding answers the rest)
+    assert estimate.instances(79000) == 55  # 64 / 1.15: held low, so a request that fits is read
+    assert estimate.instances(1234) == 1 and estimate.instances(10) == 1  # at least one
+    assert estimate.instances(10**12) == 64  # at most the model's limit (decoding answers the rest)
+    assert estimate.instances(None) == 1  # no usable length
     for unknown in (None, b"12x", b"9" * 40):  # no length, a malformed one, one no body can have
-        assert estimate.instances(unknown) == 1
+        assert declared_length(unknown) is None
+    assert declared_length(b"79000") == 79000
     for _ in range(100):
         estimate.learn(2_000, 1)  # another client's bodies: the mean moves to them
-    assert estimate.instances(b"2000") == 1 and estimate.instances(b"20000") == 8
+    assert estimate.instances(2000) == 1 and estimate.instances(20000) == 8
     estimate.learn(0, 0)  # an empty request teaches nothing
-    assert estimate.instances(b"20000") == 8
+    assert estimate.instances(20000) == 8
 
 
 def route_for_early_refusal(model: str) -> tuple[PredictRoute, AdmissionGate, CostBoard]:

@@ -95,7 +95,7 @@ def decode(data: bytes) -> list:
 
 def span_export(sender: Sender, max_queued: int = 1000) -> SpanExport:
     resource = otlp_wire.attributes({"service.name": "test"}, number=1)
-    return SpanExport(sender, resource, otlp_wire.scope("test"), max_queued, interval_s=3600)
+    return SpanExport(sender, resource, otlp_wire.scope("test"), max_queued, interval_s=3600, batch=512)
 
 
 def encoded_spans(count: int) -> list[bytes]:

@@ -30,7 +30,7 @@ from service.http.asgi import JSON, Headers, header, media_type, send_response
 from service.http.auth import require_api_key
 from service.http.errors import ClientError, request_id_of, send_error
 from service.http.instance_estimate import InstanceEstimate
-from service.http.middleware import read_body
+from service.http.middleware import declared_length, read_body
 from service.http.worker_client import ModelWorkers, WorkerUnavailable
 from service.messages import InferRequest
 from service.monitoring.metrics import PROTOCOL_REQUESTS, REJECTED, REQUEST_DURATION, REQUESTS
@@ -285,7 +285,7 @@ class InferenceRoute(InferencePipeline):
         # Refused before its body is read and decoded when the queue ahead and the request's likely size
         # miss the target: under a flood, refusals then cost no decoding (an unread body is discarded; the
         # connection stays open).
-        likely = self.sizes.instances(header(scope, b"content-length"))
+        likely = self.sizes.instances(declared_length(header(scope, b"content-length")))
         early = self.gate.refuse_early(self.priority_hint(scope), time.monotonic() - arrived, likely)
         if early is not None:
             raise early

@@ -15,8 +15,6 @@ after decoding stays exact. Per route and API-server process; O(1) per request.
 
 from __future__ import annotations
 
-from service.http.middleware import MAX_LENGTH_DIGITS
-
 
 class InstanceEstimate:
     """Instances per request from its body's length (see the module docstring)."""
@@ -35,13 +33,10 @@ class InstanceEstimate:
         mean = self.bytes_per_instance
         self.bytes_per_instance = sample if mean is None else mean + self.weight * (sample - mean)
 
-    def instances(self, declared_bytes: bytes | None) -> int:
-        """The instances a body of ``declared_bytes`` (a ``Content-Length`` value) likely holds: at least
-        1, at most ``max_instances``; 1 without a declared length or before anything was learned."""
+    def instances(self, declared_bytes: int | None) -> int:
+        """The instances a body of ``declared_bytes`` (its ``Content-Length``) likely holds: at least 1,
+        at most ``max_instances``; 1 without a declared length or before anything was learned."""
         per = self.bytes_per_instance
-        if per is None or declared_bytes is None or len(declared_bytes) > MAX_LENGTH_DIGITS:
+        if per is None or declared_bytes is None:
             return 1
-        if not declared_bytes.isdigit():
-            return 1
-        guess = int(int(declared_bytes) / (per * self.slack))
-        return max(1, min(self.max_instances, guess))
+        return max(1, min(self.max_instances, int(declared_bytes / (per * self.slack))))

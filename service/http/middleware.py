@@ -15,15 +15,24 @@ from service.http.errors import ClientError, request_id_of, send_error
 MAX_LENGTH_DIGITS = 18  # more digits than any body can have (and int() of thousands of digits is slow)
 
 
+def declared_length(declared: bytes | None) -> int | None:
+    """A ``Content-Length`` value as a number; None when absent, malformed (the HTTP server refuses it)
+    or longer than any body can be (:func:`check_declared` refuses it)."""
+    if declared is None or not declared.isdigit() or len(declared) > MAX_LENGTH_DIGITS:
+        return None
+    return int(declared)
+
+
 def check_declared(scope: dict, max_bytes: int) -> None:
     """413 when the declared ``Content-Length`` exceeds ``max_bytes``."""
     declared = header(scope, b"content-length")
-    if declared is None or not declared.isdigit():
-        return  # absent or malformed (the HTTP server refuses the latter): the streamed count decides
-    if len(declared) > MAX_LENGTH_DIGITS:
-        raise ClientError(413, f"request body of {len(declared)}-digit length exceeds {max_bytes} bytes")
-    if int(declared) > max_bytes:
-        raise ClientError(413, f"request body of {int(declared)} bytes exceeds {max_bytes}")
+    length = declared_length(declared)
+    if length is None:
+        if declared is not None and declared.isdigit():  # more digits than any body can have
+            raise ClientError(413, f"request body of {len(declared)}-digit length exceeds {max_bytes} bytes")
+        return  # absent or malformed: the streamed count decides
+    if length > max_bytes:
+        raise ClientError(413, f"request body of {length} bytes exceeds {max_bytes}")
 
 
 def check_received(received: int, max_bytes: int) -> None:

@@ -4,8 +4,7 @@ The serving code hands over spans already encoded (:mod:`service.tracing.otlp_wi
 is an append to a deque, with no lock. Every ``interval_s`` (5 s by default), or as soon as ``batch``
 spans are buffered (512), a daemon thread joins what is buffered into OTLP export requests of at most
 ``batch`` spans and sends them: OpenTelemetry's batch span processor's schedule, so a process posts
-once per 5 s at low sampling rates (each post costs its process about a millisecond of CPU in the
-exporter's HTTP client) and in full batches at high ones. Every lost span is counted
+once per 5 s at low span rates and full batches at high ones. Every lost span is counted
 (``hookserve_trace_spans_dropped_total``): those that found the buffer full, and those whose export
 failed (a collector that is down or slow).
 """
@@ -32,7 +31,7 @@ class SpanExport:
     """
 
     def __init__(
-        self, send: Send, resource: bytes, scope: bytes, max_queued: int, interval_s: float, batch: int = 512
+        self, send: Send, resource: bytes, scope: bytes, max_queued: int, interval_s: float, batch: int
     ) -> None:
         self.send = send
         self.resource = resource

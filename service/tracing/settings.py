@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_SERVICE_NAME = "hookserve"
+# OpenTelemetry's batch span processor defaults (OTEL_BSP_*), which the export schedule follows
+BSP_SCHEDULE_DELAY_MS = 5000
+BSP_MAX_QUEUE_SIZE = 4096
+BSP_MAX_EXPORT_BATCH_SIZE = 512
 _ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 
 
@@ -66,7 +70,7 @@ class TracingSettings:
     max_queued_spans: int
     export_interval_s: float
     export_timeout_s: float
-    export_batch_spans: int = 512
+    export_batch_spans: int
 
 
 def resolve(config: TracingConfig, environ: dict[str, str] | None = None) -> TracingSettings | None:
@@ -80,15 +84,20 @@ def resolve(config: TracingConfig, environ: dict[str, str] | None = None) -> Tra
     if not enabled:
         return None
     ratio, follow_parent = _sampling(config, env)
+    queued = config.max_queued_spans or _env_int(env, "OTEL_BSP_MAX_QUEUE_SIZE", BSP_MAX_QUEUE_SIZE)
+    delay_ms = _env_int(env, "OTEL_BSP_SCHEDULE_DELAY", BSP_SCHEDULE_DELAY_MS)
+    batch = config.export_batch_spans or _env_int(
+        env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", BSP_MAX_EXPORT_BATCH_SIZE
+    )
     return TracingSettings(
         endpoint=config.endpoint,
         sample_ratio=ratio,
         follow_parent=follow_parent,
         service_name=env.get("OTEL_SERVICE_NAME") or DEFAULT_SERVICE_NAME,
-        max_queued_spans=config.max_queued_spans or _env_int(env, "OTEL_BSP_MAX_QUEUE_SIZE", 4096),
-        export_interval_s=config.export_interval_s or _env_int(env, "OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000,
+        max_queued_spans=queued,
+        export_interval_s=config.export_interval_s or delay_ms / 1000,
         export_timeout_s=config.export_timeout_s,
-        export_batch_spans=config.export_batch_spans or _env_int(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512),
+        export_batch_spans=batch,
     )
 
 
