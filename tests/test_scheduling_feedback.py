@@ -67,3 +67,28 @@ def test_loop_lag_probe_runs_inside_a_loop() -> None:
 
     assert asyncio.run(main()) >= 3
     assert lag.lag_s >= 0.0
+
+
+def test_loop_lag_probe_stops_when_idle_and_restarts_on_the_next_read() -> None:
+    lag = LoopLag(interval_s=0.001, idle_after_s=0.005)
+
+    async def main() -> tuple[bool, bool, bool]:
+        lag.seconds()
+        busy = True
+        deadline = asyncio.get_running_loop().time() + 0.03
+        while asyncio.get_running_loop().time() < deadline:  # reads keep it running
+            lag.seconds()
+            busy = busy and lag.running
+            await asyncio.sleep(0.001)
+        for _ in range(200):  # no reads: it stops after about five probes
+            if not lag.running:
+                break
+            await asyncio.sleep(0.001)
+        stopped = not lag.running
+        lag.seconds()
+        return busy, stopped, lag.running
+
+    busy, stopped, restarted = asyncio.run(main())
+    assert busy, "the probe stopped while requests were being read"
+    assert stopped, "the probe kept running with no reads"
+    assert restarted, "a read did not start the probe again"
