@@ -12,6 +12,8 @@ budget: the worst case for a server that sheds). The client records every answer
 so the table gives the p50/p99 of the 200s alone, the counts of 503 and 504, and goodput (instances
 answered with 200 per s); below it, the p99 of the 200s by the second of the window they were sent in
 (where in the window the tail is).
+``--retry-delay-ms D`` (Python client) makes each connection wait D ms (±50 %) after a 503, as a
+client that backs off does, instead of resending at once.
 ``--priority-share`` sends that share of requests as priority 1 (``X-Priority: 1``), the rest as 2;
 ``--priority-connections K`` gives priority 1 to K connections of their own instead (a minority client
 whose answers must meet the target while the rest is shed).
@@ -33,6 +35,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -51,7 +54,10 @@ from benchmarks.metrics_text import sum_samples
 from benchmarks.servers import ServerProcess, start_hookserve
 
 
-async def _connection(port: int, bodies: list[bytes], stop_at: float, out: list) -> None:
+async def _connection(
+    port: int, bodies: list[bytes], stop_at: float, out: list, retry_delay_s: float = 0.0
+) -> None:
+    """One closed-loop connection; after a 503 it waits ``retry_delay_s`` (jittered ±50 %) when set."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     index = 0
     try:
@@ -72,7 +78,10 @@ async def _connection(port: int, bodies: list[bytes], stop_at: float, out: list)
                     length = int(value)
             await reader.readexactly(length)
             priority = 1 if b"X-Priority: 1\r\n" in body[:400] else 2
-            out.append((int(status_line.split(b" ", 2)[1]), time.perf_counter() - start, priority, start))
+            status = int(status_line.split(b" ", 2)[1])
+            out.append((status, time.perf_counter() - start, priority, start))
+            if status == 503 and retry_delay_s > 0:
+                await asyncio.sleep(retry_delay_s * random.uniform(0.5, 1.5))
     except (ConnectionError, asyncio.IncompleteReadError):
         out.append((0, 0.0, 0, time.perf_counter()))
     finally:
@@ -89,6 +98,7 @@ def _client(
     queue: mp.Queue,
     nice: int = 0,
     high_connections: int = 0,
+    retry_delay_s: float = 0.0,
 ) -> None:
     if nice:
         os.nice(nice)
@@ -109,7 +119,7 @@ def _client(
             bodies = [high if every and (i + k) % every == 0 else low for k in range(max(every, 1))]
             if i < high_connections:  # a client of its own that sends priority 1 only
                 bodies = [high]
-            tasks.append(_connection(port, bodies, stop_at, out))
+            tasks.append(_connection(port, bodies, stop_at, out, retry_delay_s))
         await asyncio.gather(*tasks, return_exceptions=True)
 
     asyncio.run(run())
@@ -184,6 +194,7 @@ def _python_flood(port: int, path: str, payload: bytes, args: argparse.Namespace
                 queue,
                 args.client_nice,
                 high,
+                args.retry_delay_ms / 1e3,
             ),
         )
         for high in _spread(args.priority_connections, args.processes)
@@ -259,9 +270,17 @@ def main(argv: list[str] | None = None) -> int:
         default="h2load" if shutil.which("h2load") else "python",
         help="the load generator (h2load: C, one thread; python: asyncio, mixes priorities per request)",
     )
+    parser.add_argument(
+        "--retry-delay-ms",
+        type=float,
+        default=0.0,
+        help="python client: wait this long (±50 %%) after a 503 before the next request (0: at once)",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="windows per server, interleaved ABBA")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.client == "h2load" and args.retry_delay_ms:
+        parser.error("--retry-delay-ms needs --client python (h2load resends at once)")
     if args.client == "h2load" and args.priority_share:
         parser.error("--priority-share needs --client python (h2load sends one header set per process)")
     workdir = Path(tempfile.mkdtemp(prefix="overload-"))
