@@ -70,7 +70,7 @@ def test_loop_lag_probe_runs_inside_a_loop() -> None:
 
 
 def test_loop_lag_probe_stops_when_idle_and_restarts_on_the_next_read() -> None:
-    lag = LoopLag(interval_s=0.001, idle_after_s=0.005)
+    lag = LoopLag(interval_s=0.001, idle_after_s=0.01)
 
     async def main() -> tuple[bool, bool, bool]:
         lag.seconds()
@@ -80,7 +80,7 @@ def test_loop_lag_probe_stops_when_idle_and_restarts_on_the_next_read() -> None:
             lag.seconds()
             busy = busy and lag.running
             await asyncio.sleep(0.001)
-        for _ in range(200):  # no reads: it stops after about five probes
+        for _ in range(200):  # no reads: it stops after about ten probes
             if not lag.running:
                 break
             await asyncio.sleep(0.001)
