@@ -1,9 +1,9 @@
 """V1 JSON, V2 JSON, V2 binary and V2 over gRPC side by side, on one server, in one run.
 
 ``python -m benchmarks.protocols [--models tiny,resnet-bench] [--concurrency 1,32] [--duration 8]
-[--repeats 3] [--protocols v1-json,v2-json,v2-binary,grpc-binary] [--out DIR]``
+[--repeats 3] [--protocols v1-json,v2-json,v2-binary,grpc-binary,grpc-stream] [--out DIR]``
 
-For each model one hookserve (2 API servers, 1 torch thread per worker, monitoring on) serves all four
+For each model one hookserve (2 API servers, 1 torch thread per worker, monitoring on) serves all five
 protocols; windows rotate through the protocols so each sees the same machine, and the table shows
 medians. ``tiny`` is the peers harness's MLP (``benchmarks/peers``: serving overhead dominates);
 ``resnet-bench`` (3x64x64, 0.435 GFLOP) is model-bound, and is compared with ``model(x)`` in this process
@@ -13,6 +13,10 @@ gRPC, h2load (Debian's nghttp2-client: the same closed loop, C connections of on
 thread, over HTTP/2) posting one framed ``ModelInferRequest`` with a raw FP32 input (what
 ``tritonclient.grpc`` sends; every output comes back raw, like V2 binary's). h2load sees HTTP statuses
 only, so a gRPC window's errors are also read from the server: its non-200 answers in that window.
+``grpc-stream`` sends the same request down Triton's ``ModelStreamInfer``, one stream per connection and
+one request in flight per stream (``--stream-in-flight K``: K per stream, on clients ÷ K streams), from
+``benchmarks/grpc_stream_load.py`` (Python: h2load cannot wait for an answer on a stream before sending
+the next request), which counts the answers that are errors.
 
 Each window also records the CPU it cost per answered request, by role: the API servers (``api_us``),
 the worker (``worker_us``) and the load generator (``client_us``, h2load or wrk; they share the cores).
@@ -23,6 +27,7 @@ which is what tells a protocol's own cost from noise (docs/architecture.md, "gRP
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -30,6 +35,7 @@ import resource
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -43,7 +49,7 @@ from benchmarks.metrics_text import sum_samples
 from benchmarks.raw_model import time_forward
 from benchmarks.servers import REPO_ROOT, ServerProcess, start_hookserve
 
-PROTOCOLS = ("v1-json", "v2-json", "v2-binary", "grpc-binary")
+PROTOCOLS = ("v1-json", "v2-json", "v2-binary", "grpc-binary", "grpc-stream")
 CPU_ROLES = ("api_us", "worker_us", "client_us")
 PLUGINS = REPO_ROOT / "benchmarks" / "peers" / "servers"
 LUA = r"""
@@ -176,7 +182,26 @@ def mean_batch(model: str, before: str, after: str) -> float:
     return total / count if count else 0.0
 
 
-def load(name: str, url: str, body: bytes, header_length: str, concurrency: int, duration: int) -> dict:
+def stream_load(address: str, message: bytes, concurrency: int, duration: int, in_flight: int = 1) -> dict:
+    """``benchmarks/grpc_stream_load.py``'s closed loop: ``concurrency`` requests in flight, ``in_flight``
+    on each stream."""
+    with tempfile.TemporaryDirectory() as tmp:
+        message_file = Path(tmp) / "message"
+        message_file.write_bytes(message)
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.grpc_stream_load", address, str(message_file),
+             "--concurrency", str(max(1, concurrency // in_flight)), "--duration", str(duration),
+             "--in-flight", str(in_flight)],
+            capture_output=True, text=True, cwd=REPO_ROOT, timeout=duration + 60, check=True,
+        ).stdout  # fmt: skip
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def load(
+    name: str, url: str, body: bytes, header_length: str, concurrency: int, duration: int, in_flight: int = 1
+) -> dict:
+    if name == "grpc-stream":
+        return stream_load(url, body, concurrency, duration, in_flight)
     if name.startswith("grpc"):
         return h2load(url, body, concurrency, duration)
     return wrk(url, body, header_length, concurrency, duration)
@@ -212,16 +237,22 @@ def measure(model: str, args: argparse.Namespace, workdir: Path) -> list[dict]:
         x = np.random.default_rng(0).uniform(0, 1, size=[1, *meta["input"]["shape"]]).astype(np.float32)
         payloads = bodies(x)
         payloads["grpc-binary"] = (grpc_body(x, model), "")
+        payloads["grpc-stream"] = (grpc_body(x, model)[5:], "")  # the message, without gRPC's frame
         payloads = {name: payloads[name] for name in args.protocols}
         urls = {
             "v1-json": f"{server.base_url}/v1/models/{model}:predict",
             "v2-json": f"{server.base_url}/v2/models/{model}/infer",
             "v2-binary": f"{server.base_url}/v2/models/{model}/infer",
             "grpc-binary": f"http://127.0.0.1:{server.grpc_port}/inference.GRPCInferenceService/ModelInfer",
+            "grpc-stream": f"127.0.0.1:{server.grpc_port}",
         }
         for name, (body, length) in payloads.items():  # each must answer 200 before it is timed
             if name == "grpc-binary":
                 check_grpc(server.grpc_port, body)
+                continue
+            if name == "grpc-stream":
+                checked = stream_load(urls[name], body, 1, 1)
+                assert checked["rps"] > 0 and not checked["errors"], checked
                 continue
             headers = {"Inference-Header-Content-Length": length} if length else {}
             response = requests.post(urls[name], data=body, headers=headers, timeout=60)
@@ -229,13 +260,22 @@ def measure(model: str, args: argparse.Namespace, workdir: Path) -> list[dict]:
         rows = []
         for concurrency in args.concurrency:
             for name in payloads:  # warm-up
-                load(name, urls[name], *payloads[name], concurrency, 2)
+                load(name, urls[name], *payloads[name], concurrency, 2, args.stream_in_flight)
             for repeat in range(args.repeats):
                 for name, (body, length) in payloads.items():
                     before = requests.get(f"{server.base_url}/metrics", timeout=10).text
                     result = cpu_per_request(
                         server,
-                        lambda: load(name, urls[name], body, length, concurrency, args.duration),  # noqa: B023
+                        functools.partial(
+                            load,
+                            name,
+                            urls[name],
+                            body,
+                            length,
+                            concurrency,
+                            args.duration,
+                            args.stream_in_flight,
+                        ),
                         args.duration,
                     )
                     after = requests.get(f"{server.base_url}/metrics", timeout=10).text
@@ -292,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="a subset, in this order")
+    parser.add_argument(
+        "--stream-in-flight", type=int, default=1,
+        help="grpc-stream: requests in flight per stream (the clients' requests over fewer streams)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "protocols")
     args = parser.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",")]

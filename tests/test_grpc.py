@@ -22,6 +22,7 @@ from service.cli import build_parser
 from service.config import HookserveConfig, ModelServeConfig, ServerConfig
 from service.grpc.endpoint import GrpcEndpoint, check_port_free
 from service.grpc.proto import grpc_predict_v2_pb2 as pb
+from service.grpc.proto import triton_stream_pb2 as stream_pb
 from service.grpc.service import InferenceService, grpc_code
 from service.grpc.tensors import decode_infer_request, encode_infer_response
 from service.http.admission import AdmissionGate, DrainSwitch
@@ -37,6 +38,8 @@ STUBS = [
     "grpc_predict_v2_pb2_grpc.py",
     "triton_repository_pb2.py",
     "triton_repository_pb2.pyi",
+    "triton_stream_pb2.py",
+    "triton_stream_pb2.pyi",
 ]
 SETTINGS = RouteSettings(
     model="m",
@@ -253,7 +256,8 @@ class FakePipeline:
         return self.answer
 
 
-def call(pipeline: FakePipeline, context: FakeContext, api_key: bytes | None = None) -> FakeContext:
+def service_over(pipeline, api_key: bytes | None = None) -> InferenceService:
+    """The V2 service over one model ``m`` whose pipeline is ``pipeline``."""
     settings = RouteSettings(**{**SETTINGS.__dict__, "api_key": api_key})
     served = ServedVersion(0, ModelServeConfig(name="m", version="1"), None)  # type: ignore[arg-type]
     model = ServedModel("m", {"1": served}, "1")
@@ -263,11 +267,77 @@ def call(pipeline: FakePipeline, context: FakeContext, api_key: bytes | None = N
         served=["m"],
         versions={("m", "1"): SimpleNamespace(settings=settings, v2=pipeline, unit=0)},
     )  # the router's RouteTable, as the service reads it
-    service = InferenceService(routes, lambda unit: True, lambda: True, "0", api_key)
+    return InferenceService(routes, lambda unit: True, lambda: True, "0", api_key)
+
+
+def call(pipeline: FakePipeline, context: FakeContext, api_key: bytes | None = None) -> FakeContext:
     request = raw_request(np.zeros((1, 2, 3), np.float32))
     with contextlib.suppress(Aborted):
-        asyncio.run(service.ModelInfer(request, context))
+        asyncio.run(service_over(pipeline, api_key).ModelInfer(request, context))
     return context
+
+
+class StreamContext(FakeContext):
+    """A stream's context: what was written on it, in order."""
+
+    def __init__(self, metadata: tuple = ()) -> None:
+        super().__init__(metadata)
+        self.written: list[stream_pb.ModelStreamInferResponse] = []
+
+    async def write(self, message: stream_pb.ModelStreamInferResponse) -> None:
+        self.written.append(stream_pb.ModelStreamInferResponse.FromString(message.SerializeToString()))
+
+
+class ByIdPipeline:
+    """Answers each request after the delay its id names (``slow-*``: 50 ms), fails ``fail-*`` ones, and
+    records how many calls were in progress at once."""
+
+    def __init__(self) -> None:
+        self.running = self.most_running = 0
+
+    async def infer(self, decoded, request_id: str, arrived: float, traced=None) -> tuple[int, bytes]:
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await asyncio.sleep(0.05 if request_id.startswith("slow") else 0.001)
+            if request_id.startswith("fail"):
+                return 503, b"too many requests queued"
+            return 200, np.zeros((1, 3), np.float32).tobytes()
+        finally:
+            self.running -= 1
+
+
+def stream(pipeline, ids: list[str], context: StreamContext, api_key: bytes | None = None) -> StreamContext:
+    async def requests():
+        for request_id in ids:
+            yield raw_request(np.zeros((1, 2, 3), np.float32), id=request_id)
+
+    with contextlib.suppress(Aborted):
+        asyncio.run(service_over(pipeline, api_key).ModelStreamInfer(requests(), context))
+    return context
+
+
+def test_a_stream_answers_each_request_when_it_is_ready_and_errors_in_place() -> None:
+    context = stream(ByIdPipeline(), ["slow-1", "fast-2", "fail-3", "fast-4"], StreamContext())
+    order = [m.infer_response.id for m in context.written]
+    assert order[-1] == "slow-1" and sorted(order) == ["fail-3", "fast-2", "fast-4", "slow-1"]
+    by_id = {m.infer_response.id: m for m in context.written}
+    assert by_id["fail-3"].error_message == "UNAVAILABLE: too many requests queued (request id fail-3)"
+    assert by_id["fail-3"].infer_response.model_name == "m" and not by_id["fail-3"].infer_response.outputs
+    for ok in ("slow-1", "fast-2", "fast-4"):
+        assert by_id[ok].error_message == "" and by_id[ok].infer_response.raw_output_contents
+
+
+def test_a_stream_holds_at_most_its_in_flight_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("service.grpc.service.STREAM_IN_FLIGHT", 4)
+    pipeline = ByIdPipeline()
+    context = stream(pipeline, [f"slow-{i}" for i in range(20)], StreamContext())
+    assert len(context.written) == 20 and pipeline.most_running == 4
+
+
+def test_a_stream_without_the_key_ends_unauthenticated_before_any_answer() -> None:
+    context = stream(ByIdPipeline(), ["fast-1"], StreamContext(), api_key=b"k")
+    assert context.code == grpc.StatusCode.UNAUTHENTICATED and context.written == []
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ TRITON_PYTHON = REPO_ROOT / ".venv-triton" / "bin" / "python"
 CLIENT = REPO_ROOT / "tests" / "clients" / "triton_grpc_check.py"
 API_KEY = "grpc-test-key-0123"
 SERVER_DEADLINE_S = 0.5
+STREAMED = 12  # good requests sent down one ModelStreamInfer stream before any answer is read
 
 
 def triton(server: ServerProcess, *args: str) -> dict:
@@ -72,6 +73,18 @@ def basics(live_server_process: ServerProcess, digits: np.ndarray, tmp_path_fact
     seen = triton(server, "basics", str(path))
     after = {key: metric(server, name, **labels) for key, (name, labels) in counted.items()}
     return {**seen, "counted": {key: after[key] - before[key] for key in counted}}
+
+
+@pytest.fixture(scope="module")
+def streamed(live_server_process: ServerProcess, digits: np.ndarray, tmp_path_factory) -> dict:
+    """One stream through tritonclient's streaming API, with the server's gRPC count before and after."""
+    path = tmp_path_factory.mktemp("grpc-stream") / "x.npy"
+    np.save(path, digits)
+    labels = {"model": "digits-cnn", "protocol": "grpc"}
+    before = metric(live_server_process, "hookserve_protocol_requests_total", **labels)
+    seen = triton(live_server_process, "stream", str(path), str(STREAMED))
+    after = metric(live_server_process, "hookserve_protocol_requests_total", **labels)
+    return {**seen, "counted": after - before}
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +192,28 @@ def test_grpc_requests_are_counted_by_protocol_and_status(basics: dict) -> None:
     assert basics["counted"] == {"grpc": 8, "unknown": 2, "400": 5, "200": 3}
 
 
+def test_a_stream_answers_every_request_matched_by_id(streamed: dict, digits: np.ndarray) -> None:
+    answers = streamed["answers"]
+    assert set(answers) == {f"ok-{i}" for i in range(STREAMED)} | {"after-mistakes"}
+    for i in range(STREAMED):
+        np.testing.assert_allclose(
+            answers[f"ok-{i}"]["probabilities"], in_process(digits[i % len(digits) :]), atol=1e-5
+        )
+    assert answers["after-mistakes"]["version"] == "1"
+    np.testing.assert_allclose(answers["after-mistakes"]["probabilities"], in_process(digits), atol=1e-5)
+
+
+def test_a_streamed_mistake_is_answered_on_the_stream_which_goes_on(streamed: dict) -> None:
+    errors = sorted(streamed["errors"])  # "INVALID_ARGUMENT: ..." sorts before "NOT_FOUND: ..."
+    assert len(errors) == 2, errors
+    assert errors[0].startswith("INVALID_ARGUMENT: ") and "shape must be [N, 8, 8]" in errors[0]
+    assert errors[0].endswith("(request id bad-shape)")
+    assert errors[1].startswith("NOT_FOUND: ") and "'no-such-model' is not served" in errors[1]
+    assert "after-mistakes" in streamed["answers"]  # sent after both mistakes, on the same stream
+    # Every request to digits-cnn on the stream is counted as gRPC: the good ones and the bad shape.
+    assert streamed["counted"] == STREAMED + 2
+
+
 def test_typed_contents_answer_as_raw_ones(live_server_process: ServerProcess, digits: np.ndarray) -> None:
     """Inputs as ``contents`` (FP32 and INT32 here; tritonclient always sends raw) decode like raw ones."""
     tensor = pb.ModelInferRequest.InferInputTensor
@@ -223,7 +258,7 @@ def test_the_key_is_needed_for_inference_and_metadata_not_for_health(
     np.save(tmp_path / "x.npy", digits)
     seen = triton(guarded, "auth", str(tmp_path / "x.npy"), API_KEY)
     assert seen["live"] and seen["model_ready"]
-    for case in ("no_key", "wrong_key", "metadata_no_key"):
+    for case in ("no_key", "wrong_key", "metadata_no_key", "stream_no_key"):
         assert seen[case]["code"] == "UNAUTHENTICATED", case
         assert "authorization: Bearer" in seen[case]["message"]
     np.testing.assert_allclose(seen["key"]["probabilities"], in_process(digits), atol=1e-5)

@@ -5,6 +5,7 @@ forward pass and one span per monitored module; an unsampled parent yields no sp
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -113,3 +114,46 @@ def test_a_grpc_request_joins_the_trace_in_its_metadata(
     assert named[rpc].attributes["rpc.system"] == "grpc"
     assert named[rpc].attributes["rpc.grpc.status_code"] == 0
     assert named["forward"].parent_span_id == named[rpc].span_id
+
+
+def test_each_request_on_a_stream_is_a_server_span_under_the_streams_traceparent(
+    server: ServerProcess, receiver: OtlpReceiver
+) -> None:
+    import grpc
+
+    from service.grpc.proto import grpc_predict_v2_pb2 as pb
+    from service.grpc.proto import triton_stream_pb2 as stream_pb
+
+    trace_id, client_span = secrets.token_hex(16), secrets.token_hex(8)
+    x = np.random.default_rng(2).uniform(0, 16, (1, 8, 8)).astype(np.float32)
+    tensor = pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=x.shape)
+    requests_ = [
+        pb.ModelInferRequest(
+            model_name=MODEL, id=f"streamed-{i}", inputs=[tensor], raw_input_contents=[x.tobytes()]
+        )
+        for i in range(2)
+    ]
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        call = channel.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=stream_pb.ModelStreamInferResponse.FromString,
+        )
+        answers = list(
+            call(iter(requests_), metadata=(("traceparent", f"00-{trace_id}-{client_span}-01"),), timeout=30)
+        )
+    assert sorted(a.infer_response.id for a in answers) == ["streamed-0", "streamed-1"]
+    assert all(a.error_message == "" for a in answers)
+    rpc = "inference.GRPCInferenceService/ModelStreamInfer"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # both requests' spans, which may come in different exports
+        spans = receiver.trace(trace_id)
+        names = [span.name for span in spans]
+        if names.count(rpc) == 2 and names.count("forward") == 2:
+            break
+        time.sleep(0.1)
+    rpcs = [span for span in spans if span.name == rpc]
+    assert sorted(span.attributes["hookserve.request_id"] for span in rpcs) == ["streamed-0", "streamed-1"]
+    assert {span.parent_span_id for span in rpcs} == {client_span}
+    forwards = [span for span in spans if span.name == "forward"]  # one per request, copied when batched
+    assert sorted(span.parent_span_id for span in forwards) == sorted(span.span_id for span in rpcs)

@@ -3,6 +3,7 @@
 Health, readiness and metadata say what their REST twins say (``/v2/health/*``, ``/v2``,
 ``/v2/models/{m}``); ``ModelInfer`` decodes with the REST codec (:mod:`service.grpc.tensors`) and
 sends the instances down the same pipeline, so gRPC requests batch with V1 and V2 REST ones.
+``ModelStreamInfer`` (Triton's, not in KServe's proto) answers each request of a stream the same way.
 
 Errors are gRPC status codes carrying the message REST would send, mapped from the HTTP status
 hookserve uses internally (which is also what ``hookserve_requests_total``'s ``code`` records):
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ import grpc
 
 from service.grpc.proto import grpc_predict_v2_pb2 as pb
 from service.grpc.proto import grpc_predict_v2_pb2_grpc as pb_grpc
+from service.grpc.proto import triton_stream_pb2 as stream_pb
 from service.grpc.tensors import decode_infer_request, encode_infer_response
 from service.http.auth import credential_matches
 from service.http.errors import ClientError, sane_request_id
@@ -52,7 +54,17 @@ CODES = {
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+STREAM_IN_FLIGHT = 64  # requests of one ModelStreamInfer stream in progress at once
 AUTH_MESSAGE = "missing or invalid API key: send the metadata 'authorization: Bearer <key>'"
+
+
+def stream_handler(service: InferenceService) -> grpc.RpcMethodHandler:
+    """``ModelStreamInfer``'s handler: KServe's proto (the generated servicer) has no streaming method."""
+    return grpc.stream_stream_rpc_method_handler(
+        service.ModelStreamInfer,
+        request_deserializer=pb.ModelInferRequest.FromString,
+        response_serializer=stream_pb.ModelStreamInferResponse.SerializeToString,
+    )
 
 
 def grpc_code(status: int) -> grpc.StatusCode:
@@ -142,9 +154,59 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     # -- inference
     async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
-        started, arrived = time.perf_counter(), time.monotonic()
         request_id = request_id_of(context)
-        traced = None if self.tracer is None else self._start_trace(request.model_name, context, request_id)
+        try:
+            return await self._answer(request, context, request_id, "ModelInfer")
+        except _Failed as failure:
+            await context.abort(grpc_code(failure.status), failure.message, (("x-request-id", request_id),))
+            raise  # abort raises; this line only tells type checkers so
+
+    async def ModelStreamInfer(self, requests: AsyncIterator[pb.ModelInferRequest], context) -> None:
+        """Triton's bidirectional stream: every request on it is answered on it as soon as its answer is
+        ready, so answers may overtake each other (a client matches them by ``id``).
+
+        Why it is here: one stream carries many requests without a call each, which is most of grpcio's
+        per-request cost. A failed request is answered in ``error_message`` (``"CODE: message (request
+        id ID)"``, with the code its unary twin would get) and the stream goes on; only a missing key ends it
+        (UNAUTHENTICATED). At most ``STREAM_IN_FLIGHT`` requests of one stream are in progress at once;
+        past that the stream is not read, and HTTP/2's flow control holds the client back.
+        """
+        await self._authorize_or_abort(context)
+        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        writing = asyncio.Lock()  # one write at a time on a call
+
+        async def answer(request: pb.ModelInferRequest) -> None:
+            try:
+                request_id = sane_request_id(request.id.encode(errors="replace") if request.id else None)
+                try:
+                    response = await self._answer(request, context, request_id, "ModelStreamInfer")
+                    message = stream_pb.ModelStreamInferResponse(infer_response=response)
+                except _Failed as failure:
+                    message = stream_pb.ModelStreamInferResponse(
+                        error_message=f"{grpc_code(failure.status).name}: {failure.message} "
+                        f"(request id {request_id})",
+                        infer_response=pb.ModelInferResponse(
+                            model_name=request.model_name, model_version=request.model_version, id=request_id
+                        ),
+                    )
+                async with writing:
+                    await context.write(message)
+            finally:
+                slots.release()
+
+        async with asyncio.TaskGroup() as group:  # the client leaving cancels what is still running
+            async for request in requests:
+                await slots.acquire()
+                group.create_task(answer(request))
+
+    async def _answer(
+        self, request: pb.ModelInferRequest, context, request_id: str, method: str
+    ) -> pb.ModelInferResponse:
+        """One inference, counted and traced: the answer, or :class:`_Failed` (counted already)."""
+        started, arrived = time.perf_counter(), time.monotonic()
+        traced = None
+        if self.tracer is not None:
+            traced = self._start_trace(request.model_name, context, request_id, method)
         counter = self._unknown
         try:
             model = self._model(request.model_name, request.model_version, request_id)
@@ -154,13 +216,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             counter.record(failure.status, time.perf_counter() - started)
             if traced is not None:
                 traced.finish(failure.status, **{"rpc.grpc.status_code": grpc_code(failure.status).value[0]})
-            await context.abort(grpc_code(failure.status), failure.message, (("x-request-id", request_id),))
+            raise
         counter.record(200, time.perf_counter() - started)
         if traced is not None:
             traced.finish(200, **{"rpc.grpc.status_code": 0})
         return response
 
-    def _start_trace(self, model: str, context, request_id: str) -> RequestTrace | None:
+    def _start_trace(self, model: str, context, request_id: str, method: str) -> RequestTrace | None:
         carrier = {}
         for key in ("traceparent", "tracestate"):
             if value := metadata_value(context, key):
@@ -169,14 +231,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         def attributes() -> dict[str, object]:  # built only for a sampled request
             return {
                 "rpc.system": "grpc",
-                "rpc.service": "inference.GRPCInferenceService",
-                "rpc.method": "ModelInfer",
+                "rpc.service": SERVICE_NAME,
+                "rpc.method": method,
                 "hookserve.request_id": request_id,
                 "hookserve.model": model,
                 "hookserve.protocol": PROTOCOL,
             }
 
-        return self.tracer.start("inference.GRPCInferenceService/ModelInfer", carrier, attributes)
+        return self.tracer.start(f"{SERVICE_NAME}/{method}", carrier, attributes)
 
     async def _infer(
         self,

@@ -12,7 +12,9 @@ every call that failed (``{"code": "NOT_FOUND", "message": ...}``).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import queue
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -89,6 +91,29 @@ def basics(client: triton.InferenceServerClient, x: np.ndarray) -> dict:
     }
 
 
+def stream(client: triton.InferenceServerClient, x: np.ndarray, requests: int) -> dict:
+    """Triton's streaming API: answers matched by request id, mistakes answered on the stream, which goes
+    on after them."""
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    model = "digits-cnn"
+    for i in range(requests):
+        client.async_stream_infer(model, [tensor(x[i % len(x) :])], request_id=f"ok-{i}")
+    client.async_stream_infer(model, [tensor(np.zeros((2, 8, 9), np.float32))], request_id="bad-shape")
+    client.async_stream_infer("no-such-model", [tensor(x)], request_id="unknown-model")
+    client.async_stream_infer(model, [tensor(x)], model_version="1", request_id="after-mistakes")
+    seen: dict[str, Any] = {"answers": {}, "errors": []}
+    for _ in range(requests + 3):
+        result, error = answers.get(timeout=60)
+        if error is not None:
+            seen["errors"].append(error.message())
+        else:
+            response = result.get_response()
+            seen["answers"][response.id] = {"version": response.model_version, **answer(result)}
+    client.stop_stream()
+    return seen
+
+
 def auth(client: triton.InferenceServerClient, x: np.ndarray, key: str) -> dict:
     """With auth on: which calls need the key, and that the key opens them."""
     good = {"authorization": f"Bearer {key}"}
@@ -97,9 +122,21 @@ def auth(client: triton.InferenceServerClient, x: np.ndarray, key: str) -> dict:
     def infer(headers: dict | None) -> Any:
         return outcome(lambda: answer(client.infer("digits-cnn", [tensor(x)], headers=headers)))
 
+    def stream_without_key() -> Any:
+        answers: queue.Queue = queue.Queue()
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        with contextlib.suppress(InferenceServerException):  # the server may end the stream first:
+            client.async_stream_infer("digits-cnn", [tensor(x)])  # its reason comes to the callback
+        _, error = answers.get(timeout=60)
+        client.stop_stream()
+        if error is None:
+            return "answered"
+        return {"code": str(error.status()).removeprefix("StatusCode."), "message": error.message()}
+
     return {
         "live": client.is_server_live(),
         "model_ready": client.is_model_ready("digits-cnn"),
+        "stream_no_key": stream_without_key(),
         "no_key": infer(None),
         "wrong_key": infer(wrong),
         "key": infer(good),
@@ -152,6 +189,8 @@ def main(argv: list[str]) -> dict:
     client = triton.InferenceServerClient(address)
     if check == "basics":
         return basics(client, np.load(args[0]))
+    if check == "stream":
+        return stream(client, np.load(args[0]), int(args[1]))
     if check == "auth":
         return auth(client, np.load(args[0]), args[1])
     if check == "lifecycle":
