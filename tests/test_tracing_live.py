@@ -44,6 +44,15 @@ def predict(server: ServerProcess, traceparent: str) -> requests.Response:
     )
 
 
+def grpc_request(seed: int, **fields: str):
+    """A one-row ``ModelInferRequest`` for MODEL with a raw FP32 input."""
+    from service.grpc.proto import grpc_predict_v2_pb2 as pb
+
+    x = np.random.default_rng(seed).uniform(0, 16, (1, 8, 8)).astype(np.float32)
+    tensor = pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=x.shape)
+    return pb.ModelInferRequest(model_name=MODEL, inputs=[tensor], raw_input_contents=[x.tobytes()], **fields)
+
+
 def by_name(spans: list[ReceivedSpan]) -> dict[str, ReceivedSpan]:
     return {span.name: span for span in spans}
 
@@ -97,13 +106,10 @@ def test_a_grpc_request_joins_the_trace_in_its_metadata(
 ) -> None:
     import grpc
 
-    from service.grpc.proto import grpc_predict_v2_pb2 as pb
     from service.grpc.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 
     trace_id, client_span = secrets.token_hex(16), secrets.token_hex(8)
-    x = np.random.default_rng(1).uniform(0, 16, (1, 8, 8)).astype(np.float32)
-    tensor = pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=x.shape)
-    request = pb.ModelInferRequest(model_name=MODEL, inputs=[tensor], raw_input_contents=[x.tobytes()])
+    request = grpc_request(seed=1)
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         stub.ModelInfer(request, metadata=(("traceparent", f"00-{trace_id}-{client_span}-01"),), timeout=30)
@@ -125,14 +131,7 @@ def test_each_request_on_a_stream_is_a_server_span_under_the_streams_traceparent
     from service.grpc.proto import triton_stream_pb2 as stream_pb
 
     trace_id, client_span = secrets.token_hex(16), secrets.token_hex(8)
-    x = np.random.default_rng(2).uniform(0, 16, (1, 8, 8)).astype(np.float32)
-    tensor = pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=x.shape)
-    requests_ = [
-        pb.ModelInferRequest(
-            model_name=MODEL, id=f"streamed-{i}", inputs=[tensor], raw_input_contents=[x.tobytes()]
-        )
-        for i in range(2)
-    ]
+    requests_ = [grpc_request(seed=2, id=f"streamed-{i}") for i in range(2)]
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         call = channel.stream_stream(
             "/inference.GRPCInferenceService/ModelStreamInfer",
