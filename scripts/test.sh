@@ -7,4 +7,5 @@ bash scripts/setup.sh kserve
 bash scripts/setup.sh triton
 bash scripts/install_debian.sh prometheus haproxy
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 exec .venv/bin/python -m pytest "$@"
