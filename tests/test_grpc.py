@@ -326,6 +326,8 @@ def test_a_stream_answers_each_request_when_it_is_ready_and_errors_in_place() ->
     assert by_id["fail-3"].infer_response.model_name == "m" and not by_id["fail-3"].infer_response.outputs
     for ok in ("slow-1", "fast-2", "fast-4"):
         assert by_id[ok].error_message == "" and by_id[ok].infer_response.raw_output_contents
+    for message in context.written:  # one answer per request: each is its request's last
+        assert message.infer_response.parameters["triton_final_response"].bool_param
 
 
 def test_a_stream_holds_at_most_its_in_flight_limit(monkeypatch: pytest.MonkeyPatch) -> None:

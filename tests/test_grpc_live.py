@@ -200,6 +200,7 @@ def test_a_stream_answers_every_request_matched_by_id(streamed: dict, digits: np
             answers[f"ok-{i}"]["probabilities"], in_process(digits[i % len(digits) :]), atol=1e-5
         )
     assert answers["after-mistakes"]["version"] == "1"
+    assert all(answer["final"] for answer in answers.values())  # Triton's mark of a request's last answer
     np.testing.assert_allclose(answers["after-mistakes"]["probabilities"], in_process(digits), atol=1e-5)
 
 

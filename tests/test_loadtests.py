@@ -182,6 +182,24 @@ def test_prediction_checks_catch_wrong_answers_in_form() -> None:
     assert "sum" in problem({**good, "probabilities": [0.5] * 10})
 
 
+@pytest.mark.parametrize(
+    ("correct", "total", "clearly_below"),
+    [
+        (48, 54, False),  # 88.9 %: a 96 %-accurate model on a short run (seen failing a smoke run)
+        (0, 0, False),
+        (20, 50, True),  # a broken model: 40 %
+        (800, 1000, True),  # 80 % over many predictions
+        (890, 1000, False),  # 89 %: within the noise of 90 %
+    ],
+)
+def test_accuracy_fails_requests_only_when_clearly_below_the_minimum(
+    correct: int, total: int, clearly_below: bool
+) -> None:
+    tally = AccuracyTally()
+    tally.record("m", correct, total)
+    assert tally.clearly_below("m", 0.9) is clearly_below
+
+
 def test_accuracy_tallies_merge_across_workers() -> None:
     master, worker = AccuracyTally(), AccuracyTally()
     master.record("m", 9, 10)

@@ -54,6 +54,7 @@ CODES = {
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+FINAL_RESPONSE = "triton_final_response"  # Triton's answer parameter: no more answers to this request
 STREAM_IN_FLIGHT = 64  # requests of one ModelStreamInfer stream in progress at once
 AUTH_MESSAGE = "missing or invalid API key: send the metadata 'authorization: Bearer <key>'"
 
@@ -166,10 +167,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         ready, so answers may overtake each other (a client matches them by ``id``).
 
         Why it is here: one stream carries many requests without a call each, which is most of grpcio's
-        per-request cost. A failed request is answered in ``error_message`` (``"CODE: message (request
-        id ID)"``, with the code its unary twin would get) and the stream goes on; only a missing key ends it
-        (UNAUTHENTICATED). At most ``STREAM_IN_FLIGHT`` requests of one stream are in progress at once;
-        past that the stream is not read, and HTTP/2's flow control holds the client back.
+        per-request cost. Each request gets exactly one answer, marked ``triton_final_response`` as Triton
+        marks a request's last. A failed request is answered in ``error_message`` (``"CODE: message
+        (request id ID)"``, with the code its unary twin would get) and the stream goes on; only a missing
+        key ends it (UNAUTHENTICATED). At most ``STREAM_IN_FLIGHT`` requests of one stream are in progress
+        at once; past that the stream is not read, and HTTP/2's flow control holds the client back.
         """
         await self._authorize_or_abort(context)
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
@@ -189,6 +191,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                             model_name=request.model_name, model_version=request.model_version, id=request_id
                         ),
                     )
+                # Every answer is its request's last (no decoupled models): Triton's flag says so.
+                message.infer_response.parameters[FINAL_RESPONSE].bool_param = True
                 async with writing:
                     await context.write(message)
             finally:

@@ -109,7 +109,11 @@ def stream(client: triton.InferenceServerClient, x: np.ndarray, requests: int) -
             seen["errors"].append(error.message())
         else:
             response = result.get_response()
-            seen["answers"][response.id] = {"version": response.model_version, **answer(result)}
+            seen["answers"][response.id] = {
+                "version": response.model_version,
+                "final": response.parameters["triton_final_response"].bool_param,
+                **answer(result),
+            }
     client.stop_stream()
     return seen
 
