@@ -1,5 +1,6 @@
 """Open Inference Protocol V2 over gRPC for load tests: a batch as a ``ModelInferRequest``, the answer's
-probabilities, and where the server's gRPC port is.
+probabilities, where the server's gRPC port is, and a ``ModelStreamInfer`` stream used one request at
+a time (:class:`StreamCall`).
 
 The messages are hookserve's own generated stubs (``service/grpc/proto``; the compose file mounts that
 folder beside ``loadtests/``). Locust runs in its own process, never in the server's, so the stubs'
@@ -9,15 +10,25 @@ folder beside ``loadtests/``). Locust runs in its own process, never in the serv
 from __future__ import annotations
 
 import os
+import queue
 from urllib.parse import urlparse
 
+import grpc
 import numpy as np
 
 from loadtests.payloads import Batch, ModelSpec
 from service.grpc.proto import grpc_predict_v2_pb2 as pb
+from service.grpc.proto import triton_stream_pb2 as stream_pb
 from service.grpc.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 
-__all__ = ["GRPCInferenceServiceStub", "grpc_target", "infer_request", "probabilities"]
+__all__ = [
+    "GRPCInferenceServiceStub",
+    "StreamCall",
+    "StreamError",
+    "grpc_target",
+    "infer_request",
+    "probabilities",
+]
 
 DEFAULT_GRPC_PORT = 8001
 
@@ -49,3 +60,34 @@ def probabilities(response: pb.ModelInferResponse, spec: ModelSpec) -> np.ndarra
         if output.name == "probabilities":
             return np.frombuffer(raw, dtype="<f4").reshape(int(output.shape[0]), len(spec.labels))
     raise ValueError("no probabilities output in the response")
+
+
+class StreamError(Exception):
+    """An answer on the stream that is an error: its ``error_message`` (``"CODE: message ..."``)."""
+
+
+class StreamCall:
+    """One ``ModelStreamInfer`` stream, used like the unary method: send a request, wait for its answer.
+
+    One request in flight, so each answer is the last request's. The requests reach grpc through a queue
+    that its sending thread (a greenlet under Locust's gevent) reads until :meth:`close`.
+    """
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self._requests: queue.Queue[pb.ModelInferRequest | None] = queue.Queue()
+        open_stream = channel.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=stream_pb.ModelStreamInferResponse.FromString,
+        )
+        self._answers = open_stream(iter(self._requests.get, None))
+
+    def __call__(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        self._requests.put(request)
+        answer = next(self._answers)  # grpc.RpcError if the stream itself ended
+        if answer.error_message:
+            raise StreamError(answer.error_message)
+        return answer.infer_response
+
+    def close(self) -> None:
+        self._requests.put(None)  # ends the requests: the server finishes the stream

@@ -8,7 +8,9 @@ Users:
   (what tritonclient sends by default) and checks the answers the same way.
 - ``GrpcUser`` sends the same rows over the Open Inference Protocol V2 over gRPC (``ModelInfer`` with
   raw tensors, as ``tritonclient.grpc`` does) to ``LOADTEST_GRPC_TARGET`` (host:port; default: the
-  ``-H`` host on port 8001), and checks the answers the same way.
+  ``-H`` host on port 8001), and checks the answers the same way. With ``LOADTEST_GRPC_STREAM=1`` each
+  user sends its requests down one ``ModelStreamInfer`` stream instead, one at a time
+  (``grpc stream infer <model>`` in the stats).
 - ``InvalidPayloadUser`` sends what clients get wrong (wrong shape, NaN, out of range, not JSON, ...):
   each must be answered 4xx; a 5xx or a 2xx counts as a failure.
 
@@ -45,7 +47,14 @@ import grpc.experimental.gevent
 from locust import FastHttpUser, between, events, tag, task
 from locust.runners import WorkerRunner
 
-from loadtests.grpc_payloads import GRPCInferenceServiceStub, grpc_target, infer_request, probabilities
+from loadtests.grpc_payloads import (
+    GRPCInferenceServiceStub,
+    StreamCall,
+    StreamError,
+    grpc_target,
+    infer_request,
+    probabilities,
+)
 from loadtests.payloads import (
     AccuracyTally,
     ModelSpec,
@@ -66,6 +75,7 @@ grpc.experimental.gevent.init_gevent()
 MAX_INSTANCES = int(os.environ.get("LOADTEST_MAX_INSTANCES", "4"))
 MIN_SCORED = int(os.environ.get("LOADTEST_MIN_SCORED", "50"))
 WAIT_MIN_S, WAIT_MAX_S = (float(v) for v in os.environ.get("LOADTEST_WAIT_S", "0.1,0.3").split(","))
+GRPC_STREAM = os.environ.get("LOADTEST_GRPC_STREAM", "") in ("1", "true")
 OBJECTIVES = Objectives.from_env()
 ACCURACY = AccuracyTally()  # everything this process saw (on the master: merged from workers)
 UNREPORTED = AccuracyTally()  # a worker's counts not yet sent to the master
@@ -226,9 +236,14 @@ class GrpcUser(HookserveUser):
     def on_start(self) -> None:
         super().on_start()
         self.channel = grpc.insecure_channel(grpc_target(self.host))
-        self.infer = GRPCInferenceServiceStub(self.channel).ModelInfer
+        self.stream = StreamCall(self.channel) if GRPC_STREAM else None
+        unary = GRPCInferenceServiceStub(self.channel).ModelInfer
+        self.infer = self.stream or (lambda request: unary(request, timeout=30))
+        self.kind = "grpc stream infer" if GRPC_STREAM else "grpc infer"
 
     def on_stop(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
         self.channel.close()
 
     @tag("predict", "grpc")
@@ -241,7 +256,7 @@ class GrpcUser(HookserveUser):
         problem: Exception | None = None
         length = 0
         try:
-            response = self.infer(request, timeout=30)
+            response = self.infer(request)
             length = response.ByteSize()
             found = probabilities(response, spec)
             if found.shape[0] != len(batch.body["instances"]):
@@ -253,11 +268,11 @@ class GrpcUser(HookserveUser):
                     raise ValueError(accuracy)
         except grpc.RpcError as error:
             problem = RuntimeError(f"{error.code().name}: {error.details()}")
-        except ValueError as error:
+        except (ValueError, StreamError) as error:
             problem = error
         self.environment.events.request.fire(
             request_type="grpc",
-            name=f"grpc infer {spec.name}",
+            name=f"{self.kind} {spec.name}",
             response_time=(time.perf_counter() - started) * 1000,
             response_length=length,
             exception=problem,

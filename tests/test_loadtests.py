@@ -306,14 +306,18 @@ def test_grpc_payloads_round_trip_a_batch() -> None:
 
 
 @pytest.mark.slow
-def test_grpc_user_alone_runs_clean_and_bounded(live_server_process, tmp_path: Path) -> None:
-    """Only ``GrpcUser``, a few seconds: every gRPC answer 200 and right. One model, digits-cnn, whose
-    accuracy (~99 %) a few dozen rows cannot push under the gate's 90 % by chance."""
+@pytest.mark.parametrize(("stream", "kind"), [("0", "grpc infer"), ("1", "grpc stream infer")])
+def test_grpc_user_alone_runs_clean_and_bounded(
+    live_server_process, tmp_path: Path, stream: str, kind: str
+) -> None:
+    """Only ``GrpcUser``, a few seconds, unary or on a stream: every gRPC answer 200 and right. One
+    model, digits-cnn, whose accuracy (~99 %) a few dozen rows cannot push under the gate's 90 % by chance."""
     assert urlparse(live_server_process.base_url).hostname == "127.0.0.1", "load-test only the local server"
     prefix = tmp_path / "grpc"
     env = {
         "LOADTEST_GRPC_TARGET": f"127.0.0.1:{live_server_process.grpc_port}",
         "LOADTEST_MODELS": "digits-cnn",
+        "LOADTEST_GRPC_STREAM": stream,
     }
     result = locust(
         "GrpcUser",
@@ -335,9 +339,9 @@ def test_grpc_user_alone_runs_clean_and_bounded(live_server_process, tmp_path: P
     log = result.stdout[-3000:] + result.stderr[-3000:]
     assert result.returncode == 0, log
     stats = {entry["name"]: entry for entry in json.loads(prefix.with_suffix(".json").read_text())}
-    grpc_stats = {name: entry for name, entry in stats.items() if name.startswith("grpc infer ")}
-    assert list(grpc_stats) == ["grpc infer digits-cnn"]
-    assert grpc_stats["grpc infer digits-cnn"]["num_requests"] > 0
+    grpc_stats = {name: entry for name, entry in stats.items() if name.startswith("grpc ")}
+    assert list(grpc_stats) == [f"{kind} digits-cnn"]
+    assert grpc_stats[f"{kind} digits-cnn"]["num_requests"] > 0
     assert all(entry["num_failures"] == 0 for entry in stats.values()), log
     verdict = json.loads(Path(f"{prefix}_slo.json").read_text())
     assert verdict["passed"] and verdict["accuracy"]["digits-cnn"] >= 0.9
