@@ -86,13 +86,20 @@ def test_mirrored_requests_show_where_the_candidate_differs(served: ServerProces
         expected = load_pretrained("digits-cnn").eval()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(np.array(answers), expected, atol=1e-5)
 
-    deadline, text = time.monotonic() + 20.0, ""
-    while time.monotonic() < deadline:  # the last kept requests run once they waited MAX_WAIT_S
+    # The last kept requests run once they waited MAX_WAIT_S. A mirror that falls behind its client
+    # passes requests over while its kept batch is full and another one is still running (a slow
+    # machine's CI run mirrored 37 of 40): so wait until every request is mirrored or the count holds
+    # still, and ask for most of them.
+    deadline, text, mirrored, still_since = time.monotonic() + 20.0, "", -1.0, time.monotonic()
+    while time.monotonic() < deadline:
         text = requests.get(f"{served.base_url}/metrics", timeout=5).text
-        if metric(text, "hookserve_mirror_requests_total", **CANDIDATE) == REQUESTS:
+        count = metric(text, "hookserve_mirror_requests_total", **CANDIDATE) or 0.0
+        if count != mirrored:
+            mirrored, still_since = count, time.monotonic()
+        if mirrored == REQUESTS or time.monotonic() - still_since > 3.0:
             break
         time.sleep(0.3)
-    assert metric(text, "hookserve_mirror_requests_total", **CANDIDATE) == REQUESTS
+    assert 0.75 * REQUESTS <= mirrored <= REQUESTS
     agreement = metric(text, "hookserve_mirror_top1_agreement", **CANDIDATE)
     assert agreement is not None and 0.5 <= agreement <= 1.0
     diff = {m: metric(text, "hookserve_mirror_max_abs_diff", **CANDIDATE, module=m) for m in
