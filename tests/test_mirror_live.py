@@ -87,9 +87,9 @@ def test_mirrored_requests_show_where_the_candidate_differs(served: ServerProces
     np.testing.assert_allclose(np.array(answers), expected, atol=1e-5)
 
     # The last kept requests run once they waited MAX_WAIT_S. A mirror that falls behind its client
-    # passes requests over while its kept batch is full and another one is still running (a slow
-    # machine's CI run mirrored 37 of 40): so wait until every request is mirrored or the count holds
-    # still, and ask for most of them.
+    # passes requests over (its kept batch full while another runs, or over budget; a slow machine's CI
+    # run mirrored 37 of 40): so wait until every request is mirrored or the count holds still, and ask
+    # for most of them.
     deadline, text, mirrored, still_since = time.monotonic() + 20.0, "", -1.0, time.monotonic()
     while time.monotonic() < deadline:
         text = requests.get(f"{served.base_url}/metrics", timeout=5).text
