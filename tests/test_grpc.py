@@ -330,6 +330,22 @@ def test_a_stream_answers_each_request_when_it_is_ready_and_errors_in_place() ->
         assert message.infer_response.parameters["triton_final_response"].bool_param
 
 
+def test_a_streamed_error_echoes_the_clients_id_even_one_too_long_to_log() -> None:
+    long_id = "x" * 200  # over the 128 a request id may have: logs get a new one, the answer keeps this
+
+    async def requests():
+        request = raw_request(np.zeros((1, 2, 3), np.float32), id=long_id)
+        request.model_name = "nope"
+        yield request
+
+    context = StreamContext()
+    asyncio.run(service_over(ByIdPipeline()).ModelStreamInfer(requests(), context))
+    (message,) = context.written
+    assert message.infer_response.id == long_id
+    assert message.error_message.startswith("NOT_FOUND: model 'nope' is not served")
+    assert long_id not in message.error_message
+
+
 def test_a_stream_holds_at_most_its_in_flight_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("service.grpc.service.STREAM_IN_FLIGHT", 4)
     pipeline = ByIdPipeline()

@@ -188,7 +188,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                         error_message=f"{grpc_code(failure.status).name}: {failure.message} "
                         f"(request id {request_id})",
                         infer_response=pb.ModelInferResponse(
-                            model_name=request.model_name, model_version=request.model_version, id=request_id
+                            model_name=request.model_name,
+                            model_version=request.model_version,
+                            id=request.id or request_id,  # the id the client matches on, as for an answer
                         ),
                     )
                 # Every answer is its request's last (no decoupled models): Triton's flag says so.
