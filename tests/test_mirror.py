@@ -222,6 +222,7 @@ def test_only_answered_requests_are_mirrored() -> None:
     assert serve(mirror, requests_of(1, 8), status=500) == 0
     assert mirror.runs == 0 and not mirror._kept
     assert value("hookserve_mirror_requests_total", model=name, version="2") == 0.0  # exported from the start
+    assert value("hookserve_mirror_passed_over_total", model=name, version="2") == 0.0  # failures: not picked
 
 
 def test_about_fraction_of_the_requests_are_kept() -> None:
@@ -245,6 +246,9 @@ def test_over_budget_the_mirror_waits() -> None:
     assert serve(mirror, batch) == 0  # now in debt by the run's cost, repaid at 0.1 %
     assert serve(mirror, batch) == 0
     assert mirror.runs == 1 and mirror._kept_rows == 8  # kept up to max_rows, no more
+    # The third request found the kept batch full: passed over, and counted so an operator sees why.
+    assert value("hookserve_mirror_passed_over_total", model=name, version="2") == 1.0
+    assert value("hookserve_mirror_requests_total", model=name, version="2") == 1.0
 
 
 def test_a_failing_mirror_is_counted_and_never_raises() -> None:

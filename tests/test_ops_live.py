@@ -44,12 +44,15 @@ def model_specs(base_url: str) -> list[ModelSpec]:
 
 
 def send_traffic(base_url: str, specs: list[ModelSpec], rounds: int, rng: random.Random) -> None:
-    """Valid predictions for every model (several instances each) and a few invalid requests."""
+    """Valid predictions for every model (several instances each), every other one with its own deadline
+    (so admission predicts its wait: ``hookserve_predicted_wait_seconds``), and a few invalid requests."""
     with requests.Session() as session:
-        for _ in range(rounds):
+        for round_ in range(rounds):
+            headers = {"X-Request-Timeout-Ms": "5000"} if round_ % 2 else {}
             for spec in specs:
                 body = valid_batch(spec, rng, 4).body
-                response = session.post(f"{base_url}/v1/models/{spec.name}:predict", json=body, timeout=10)
+                url = f"{base_url}/v1/models/{spec.name}:predict"
+                response = session.post(url, json=body, headers=headers, timeout=10)
                 assert response.status_code == 200, response.text
         for spec in specs:
             for case in invalid_requests(spec, rng)[:3]:
@@ -69,6 +72,7 @@ def exported_names(base_url: str) -> set[str]:
 MIRROR_ONLY = {
     "hookserve_mirror_requests_total",
     "hookserve_mirror_failures_total",
+    "hookserve_mirror_passed_over_total",
     "hookserve_mirror_top1_agreement",
     "hookserve_mirror_max_abs_diff",
     "hookserve_mirror_activation_psi",

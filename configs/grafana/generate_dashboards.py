@@ -812,9 +812,11 @@ def model_internals() -> dict:
         Panel(
             "Mirrored requests",
             "Requests answered by the serving version that also ran on the candidate, per second, summed "
-            "over replicas (hookserve_mirror_requests_total), and failed mirror runs "
-            "(hookserve_mirror_failures_total). Fewer than mirror.fraction asks when mirror.budget limits "
-            "it; its time is part of the monitoring overhead.",
+            "over replicas (hookserve_mirror_requests_total), failed mirror runs "
+            "(hookserve_mirror_failures_total), and requests picked by mirror.fraction that the mirror "
+            "passed over because it was full, behind its traffic or over mirror.budget "
+            "(hookserve_mirror_passed_over_total: raise the budget to mirror them). Its time is part of "
+            "the monitoring overhead.",
             "reqps",
             [
                 Target(
@@ -824,6 +826,10 @@ def model_internals() -> dict:
                 Target(
                     f"sum by (model, version) (rate(hookserve_mirror_failures_total{{{MODEL}}}{RATE}))",
                     "{{model}} v{{version}} failed runs",
+                ),
+                Target(
+                    f"sum by (model, version) (rate(hookserve_mirror_passed_over_total{{{MODEL}}}{RATE}))",
+                    "{{model}} v{{version}} passed over",
                 ),
             ],
             width=6,

@@ -232,6 +232,12 @@ MIRROR_REQUESTS = Counter(
     "Requests answered by the serving version that also ran on the mirrored candidate version (the label).",
     ["model", "version"],
 )
+MIRROR_PASSED_OVER = Counter(
+    "hookserve_mirror_passed_over_total",
+    "Answered requests the mirror's fraction picked but it could not keep, because its kept batch was full: "
+    "it fell behind the traffic or waits for its budget (raise mirror.budget to mirror more).",
+    ["model", "version"],
+)
 MIRROR_FAILURES = Counter(
     "hookserve_mirror_failures_total",
     "Mirror runs that raised (logged; the requests' answers were already sent and are not affected).",

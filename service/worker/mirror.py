@@ -43,7 +43,7 @@ from models.base import ServableModel
 from service.config import MirrorConfig, ModelServeConfig
 from service.messages import InferReply, InferRequest
 from service.model_loading import load_served_model
-from service.monitoring.metrics import MIRROR_FAILURES, MIRROR_REQUESTS, MONITOR_OVERHEAD
+from service.monitoring.metrics import MIRROR_FAILURES, MIRROR_PASSED_OVER, MIRROR_REQUESTS, MONITOR_OVERHEAD
 from service.monitoring.mirror import MirrorComparator, MirrorWindow
 from service.worker.runtime import StartupError, serving_mode, warm_up
 
@@ -100,6 +100,7 @@ class RequestMirror:
         self.failures = 0
         self._requests = MIRROR_REQUESTS.labels(model_name, config.version)  # exported at 0 from the start
         self._failures = MIRROR_FAILURES.labels(model_name, config.version)
+        self._passed_over = MIRROR_PASSED_OVER.labels(model_name, config.version)
         self._overhead = MONITOR_OVERHEAD.labels(model_name)
 
     def _draw_skip(self) -> int:
@@ -122,24 +123,27 @@ class RequestMirror:
             self._failed()
 
     def offer(self, requests: Sequence[InferRequest], replies: Sequence[InferReply]) -> None:
-        """Keep about ``fraction`` of the answered (200) requests' inputs, up to a mirrored batch's worth."""
+        """Keep about ``fraction`` of the answered (200) requests' inputs, up to a mirrored batch's worth;
+        count the picked ones that find it full (``hookserve_mirror_passed_over_total``)."""
         skip = self._skip
         if skip >= len(requests):
             self._skip = skip - len(requests)
             return
-        position = skip
+        position, passed_over = skip, 0
         while position < len(requests):
-            if self._kept_rows >= self._wanted:  # full: pass over the rest of this batch
-                self._skip = self._draw_skip()
-                return
             if replies[position].status == 200:
-                if not self._kept:
-                    self._kept_since = _perf_counter()
-                request = requests[position]
-                self._kept.append(request.instances)
-                self._kept_rows += request.size
+                if self._kept_rows >= self._wanted:  # full: behind its traffic, or waiting for its budget
+                    passed_over += 1
+                else:
+                    if not self._kept:
+                        self._kept_since = _perf_counter()
+                    request = requests[position]
+                    self._kept.append(request.instances)
+                    self._kept_rows += request.size
             position += 1 + self._draw_skip()
         self._skip = position - len(requests)
+        if passed_over:
+            self._passed_over.inc(passed_over)
 
     def due_in(self) -> float:
         """Seconds until :meth:`idle` has a slice to run (0: now); ``math.inf`` with nothing kept."""
