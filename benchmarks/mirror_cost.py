@@ -6,7 +6,9 @@ Two hookserve servers (1 API server, 1 worker, monitoring on) serve digits-cnn v
 repository built in a temp folder; one mirrors ``--fraction`` of its requests to version 2 (the shipped
 weights with noise on ``features.conv3``), the other does not. Windows alternate between them (off,
 mirror, mirror, off, ...) so each sees the same machine; the table shows medians, the mirror's ratio to "off",
-and how many requests were mirrored (``hookserve_mirror_requests_total``) of those answered.
+how many requests were mirrored (``hookserve_mirror_requests_total``) of those answered, and the share
+the fraction picked but the mirror passed over (``hookserve_mirror_passed_over_total``: full, behind or
+over its budget).
 """
 
 from __future__ import annotations
@@ -52,13 +54,16 @@ def server_config(repo: Path) -> dict:
     return {"server": {**server, "model_repository": str(repo)}, "models": []}
 
 
-def counts(base_url: str) -> tuple[float, float, float]:
-    """(answered 200s, mirrored requests, monitoring overhead seconds) so far."""
+def counts(base_url: str) -> tuple[float, float, float, float]:
+    """(answered 200s, mirrored requests, requests the mirror passed over, monitoring overhead seconds)
+    so far."""
     _, body = http_get(f"{base_url}/metrics")
     text = body.decode(errors="replace")
     answered = sum_samples(text, "hookserve_requests_total", model=MODEL, code="200")
     mirrored = sum_samples(text, "hookserve_mirror_requests_total", model=MODEL)
-    return answered, mirrored, sum_samples(text, "hookserve_monitor_overhead_seconds_total", model=MODEL)
+    passed_over = sum_samples(text, "hookserve_mirror_passed_over_total", model=MODEL)
+    overhead = sum_samples(text, "hookserve_monitor_overhead_seconds_total", model=MODEL)
+    return answered, mirrored, passed_over, overhead
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,15 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     base = statistics.median(r.ok_per_s for r in results["off"])
     windows = f"{args.repeats} x {args.duration:g} s windows (medians)"
     print(f"model {MODEL}, {args.concurrency} clients, {windows}")
-    print("| mode | req/s | x off | p50 ms | p99 ms | errors | mirrored / answered, overhead |")
+    print("| mode | req/s | x off | p50 ms | p99 ms | errors | mirrored / answered, passed over, overhead |")
     print("|---|---|---|---|---|---|---|")
     for mode, windows in results.items():
         rate = statistics.median(r.ok_per_s for r in windows)
         p50 = statistics.median(r.p50_ms for r in windows)
         p99 = statistics.median(r.p99_ms for r in windows)
         errors = sum(r.errors for r in windows)
-        answered, mirrored, overhead = (a - b for a, b in zip(after[mode], before[mode], strict=True))
-        share = f"{mirrored:,.0f} / {answered:,.0f} ({mirrored / max(answered, 1):.3f}), {overhead:.2f} s"
+        answered, mirrored, passed, overhead = (a - b for a, b in zip(after[mode], before[mode], strict=True))
+        share = (
+            f"{mirrored:,.0f} / {answered:,.0f} ({mirrored / max(answered, 1):.3f}), "
+            f"{passed / max(answered, 1):.3f}, {overhead:.2f} s"
+        )
         print(f"| {mode} | {rate:,.0f} | {rate / base:.3f} | {p50:.2f} | {p99:.2f} | {errors} | {share} |")
     for mode, windows in results.items():  # the spread: a busy machine shows here
         print(f"{mode} windows req/s: {', '.join(f'{r.ok_per_s:,.0f}' for r in windows)}")
