@@ -1,4 +1,5 @@
-"""KServe's Python SDK (``InferenceRESTClient``) drives hookserve unmodified, over V1 and V2.
+"""KServe's Python SDK drives hookserve unmodified: ``InferenceRESTClient`` over V1 and V2, and
+``InferenceGRPCClient`` over V2 gRPC.
 
 The SDK lives in its own venv (``.venv-kserve``, made by ``scripts/setup.sh kserve``, which the test
 command runs): it pins packages the project's venv does not share.
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.servers import REPO_ROOT
+from benchmarks.servers import REPO_ROOT, ServerProcess
 from models.checkpoint import load_pretrained
 from models.datasets import load_dataset
 
@@ -21,13 +22,15 @@ pytestmark = pytest.mark.slow
 KSERVE_PYTHON = REPO_ROOT / ".venv-kserve" / "bin" / "python"
 
 
-def test_kserve_sdk_v1_and_v2(live_server: str, tmp_path) -> None:
+def test_kserve_sdk_v1_v2_and_grpc(live_server_process: ServerProcess, tmp_path) -> None:
+    live_server = live_server_process.base_url
     assert KSERVE_PYTHON.exists(), "run scripts/setup.sh kserve (scripts/test.sh does) to make .venv-kserve"
     x = load_dataset("digits").test_x[:3].numpy()
+    grpc_address = f"127.0.0.1:{live_server_process.grpc_port}"
     np.save(tmp_path / "x.npy", x)
     script = REPO_ROOT / "tests" / "clients" / "kserve_check.py"
     result = subprocess.run(
-        [str(KSERVE_PYTHON), str(script), live_server, str(tmp_path / "x.npy")],
+        [str(KSERVE_PYTHON), str(script), live_server, str(tmp_path / "x.npy"), grpc_address],
         capture_output=True,
         text=True,
         timeout=120,
@@ -45,3 +48,8 @@ def test_kserve_sdk_v1_and_v2(live_server: str, tmp_path) -> None:
         assert answer["model_name"] == "digits-cnn" and answer["id"] == f"kserve-{binary}"
         np.testing.assert_allclose(answer["probabilities"], expected, atol=1e-5)
         assert answer["label_index"] == expected.argmax(1).tolist()
+    grpc = seen["grpc"]
+    assert grpc["live"] and grpc["ready"] and grpc["model_ready"]
+    assert grpc["infer"]["model_name"] == "digits-cnn" and grpc["infer"]["id"] == "kserve-grpc"
+    np.testing.assert_allclose(grpc["infer"]["probabilities"], expected, atol=1e-5)
+    assert grpc["infer"]["label_index"] == expected.argmax(1).tolist()

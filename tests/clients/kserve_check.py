@@ -1,8 +1,10 @@
-"""Drive a live hookserve with KServe's own SDK (``InferenceRESTClient``), V1 and V2.
+"""Drive a live hookserve with KServe's own SDK: ``InferenceRESTClient`` (V1 and V2) and
+``InferenceGRPCClient`` (V2 over gRPC).
 
 Runs in its own venv (KServe pins versions the project's venv does not share; ``scripts/setup.sh kserve``
-makes it), so ``tests/test_kserve_sdk.py`` runs it as a subprocess: ``python kserve_check.py URL INPUT.npy``.
-It prints one JSON line with what the SDK saw; the test compares that with in-process inference.
+makes it), so ``tests/test_kserve_sdk.py`` runs it as a subprocess:
+``python kserve_check.py URL INPUT.npy GRPC_ADDRESS``. It prints one JSON line with what the SDK saw; the
+test compares that with in-process inference.
 """
 
 from __future__ import annotations
@@ -12,7 +14,37 @@ import json
 import sys
 
 import numpy as np
-from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
+
+def digits_request(x: np.ndarray, request_id: str, binary: bool = True) -> InferRequest:
+    tensor = InferInput(name="input", shape=list(x.shape), datatype="FP32")
+    tensor.set_data_from_numpy(x, binary_data=binary)
+    return InferRequest(model_name="digits-cnn", infer_inputs=[tensor], request_id=request_id)
+
+
+def answer(response) -> dict:
+    outputs = {o.name: o.as_numpy() for o in response.outputs}
+    return {
+        "id": response.id,
+        "model_name": response.model_name,
+        "probabilities": outputs["probabilities"].tolist(),
+        "label_index": outputs["label_index"].tolist(),
+    }
+
+
+async def check_grpc(address: str, x: np.ndarray) -> dict:
+    """The SDK's gRPC client: health, readiness and inference."""
+    client = InferenceGRPCClient(address, retries=0, timeout=30)
+    try:
+        return {
+            "live": await client.is_server_live(),
+            "ready": await client.is_server_ready(),
+            "model_ready": await client.is_model_ready("digits-cnn"),
+            "infer": answer(await client.infer(digits_request(x, "kserve-grpc"))),
+        }
+    finally:
+        await client.close()
 
 
 async def check(url: str, x: np.ndarray) -> dict:
@@ -29,22 +61,17 @@ async def check(url: str, x: np.ndarray) -> dict:
     v1_answer = await v1.infer(url, {"instances": x.tolist()}, model_name="digits-cnn")
     seen["v1_probabilities"] = [p["probabilities"] for p in v1_answer["predictions"]]
     for binary in (True, False):
-        tensor = InferInput(name="input", shape=list(x.shape), datatype="FP32")
-        tensor.set_data_from_numpy(x, binary_data=binary)
-        request = InferRequest(model_name="digits-cnn", infer_inputs=[tensor], request_id=f"kserve-{binary}")
+        request = digits_request(x, f"kserve-{binary}", binary)
         response = await v2.infer(url, request, model_name="digits-cnn")
-        outputs = {o.name: o.as_numpy() for o in response.outputs}
-        key = "v2_binary" if binary else "v2_json"
-        seen[key] = {
-            "id": response.id,
-            "model_name": response.model_name,
-            "probabilities": outputs["probabilities"].tolist(),
-            "label_index": outputs["label_index"].tolist(),
-        }
+        seen["v2_binary" if binary else "v2_json"] = answer(response)
     for client in (v1, v2):
         await client.close()
     return seen
 
 
+async def main(url: str, x: np.ndarray, grpc_address: str) -> dict:
+    return {**await check(url, x), "grpc": await check_grpc(grpc_address, x)}
+
+
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(check(sys.argv[1], np.load(sys.argv[2])))))
+    print(json.dumps(asyncio.run(main(sys.argv[1], np.load(sys.argv[2]), sys.argv[3]))))
