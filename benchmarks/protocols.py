@@ -236,8 +236,9 @@ def measure(model: str, args: argparse.Namespace, workdir: Path) -> list[dict]:
         meta = requests.get(f"{server.base_url}/v1/models/{model}", timeout=10).json()
         x = np.random.default_rng(0).uniform(0, 1, size=[1, *meta["input"]["shape"]]).astype(np.float32)
         payloads = bodies(x)
-        payloads["grpc-binary"] = (grpc_body(x, model), "")
-        payloads["grpc-stream"] = (grpc_body(x, model)[5:], "")  # the message, without gRPC's frame
+        framed = grpc_body(x, model)
+        payloads["grpc-binary"] = (framed, "")
+        payloads["grpc-stream"] = (framed[5:], "")  # the message, without gRPC's frame
         payloads = {name: payloads[name] for name in args.protocols}
         urls = {
             "v1-json": f"{server.base_url}/v1/models/{model}:predict",

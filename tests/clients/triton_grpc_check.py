@@ -91,11 +91,17 @@ def basics(client: triton.InferenceServerClient, x: np.ndarray) -> dict:
     }
 
 
+def start_stream(client: triton.InferenceServerClient) -> queue.Queue:
+    """Open the client's stream; its callback puts each (result, error) on the queue returned."""
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    return answers
+
+
 def stream(client: triton.InferenceServerClient, x: np.ndarray, requests: int) -> dict:
     """Triton's streaming API: answers matched by request id, mistakes answered on the stream, which goes
     on after them."""
-    answers: queue.Queue = queue.Queue()
-    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    answers = start_stream(client)
     model = "digits-cnn"
     for i in range(requests):
         client.async_stream_infer(model, [tensor(x[i % len(x) :])], request_id=f"ok-{i}")
@@ -127,8 +133,7 @@ def auth(client: triton.InferenceServerClient, x: np.ndarray, key: str) -> dict:
         return outcome(lambda: answer(client.infer("digits-cnn", [tensor(x)], headers=headers)))
 
     def stream_without_key() -> Any:
-        answers: queue.Queue = queue.Queue()
-        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        answers = start_stream(client)
         with contextlib.suppress(InferenceServerException):  # the server may end the stream first:
             client.async_stream_infer("digits-cnn", [tensor(x)])  # its reason comes to the callback
         _, error = answers.get(timeout=60)
