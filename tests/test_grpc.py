@@ -310,7 +310,7 @@ class ByIdPipeline:
 def stream(pipeline, ids: list[str], context: StreamContext, api_key: bytes | None = None) -> StreamContext:
     async def requests():
         for request_id in ids:
-            yield raw_request(np.zeros((1, 2, 3), np.float32), id=request_id)
+            yield raw_request(np.zeros((1, 2, 3), np.float32), id=request_id).SerializeToString()
 
     with contextlib.suppress(Aborted):
         asyncio.run(service_over(pipeline, api_key).ModelStreamInfer(requests(), context))
@@ -336,7 +336,7 @@ def test_a_streamed_error_echoes_the_clients_id_even_one_too_long_to_log() -> No
     async def requests():
         request = raw_request(np.zeros((1, 2, 3), np.float32), id=long_id)
         request.model_name = "nope"
-        yield request
+        yield request.SerializeToString()
 
     context = StreamContext()
     asyncio.run(service_over(ByIdPipeline()).ModelStreamInfer(requests(), context))
@@ -344,6 +344,28 @@ def test_a_streamed_error_echoes_the_clients_id_even_one_too_long_to_log() -> No
     assert message.infer_response.id == long_id
     assert message.error_message.startswith("NOT_FOUND: model 'nope' is not served")
     assert long_id not in message.error_message
+
+
+def test_a_corrupt_message_is_invalid_argument_and_a_stream_goes_on() -> None:
+    corrupt = b"\xff\xff\xff"  # not a ModelInferRequest: grpc's own deserializer would answer UNKNOWN
+    context = FakeContext()
+    with contextlib.suppress(Aborted):
+        asyncio.run(service_over(ByIdPipeline()).infer_bytes(corrupt, context))
+    assert (
+        context.code == grpc.StatusCode.INVALID_ARGUMENT
+        and "not a valid ModelInferRequest" in context.details
+    )
+
+    async def requests():
+        yield corrupt
+        yield raw_request(np.zeros((1, 2, 3), np.float32), id="fast-after").SerializeToString()
+
+    streamed = StreamContext()
+    asyncio.run(service_over(ByIdPipeline()).ModelStreamInfer(requests(), streamed))
+    by_id = {m.infer_response.id: m for m in streamed.written}
+    assert by_id["fast-after"].error_message == ""
+    (corrupt_answer,) = [m for request_id, m in by_id.items() if request_id != "fast-after"]
+    assert corrupt_answer.error_message.startswith("INVALID_ARGUMENT: the message is not a valid")
 
 
 def test_a_stream_holds_at_most_its_in_flight_limit(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,6 +25,7 @@ from models.checkpoint import load_pretrained
 from models.datasets import load_dataset
 from service.grpc.proto import grpc_predict_v2_pb2 as pb
 from service.grpc.proto import grpc_predict_v2_pb2_grpc as pb_grpc
+from service.grpc.proto import triton_stream_pb2 as stream_pb
 
 pytestmark = pytest.mark.slow
 TRITON_PYTHON = REPO_ROOT / ".venv-triton" / "bin" / "python"
@@ -273,3 +274,19 @@ def test_deadlines_server_and_client_give_deadline_exceeded(guarded: ServerProce
     assert f"{SERVER_DEADLINE_S:g} s deadline" in seen["server_deadline"]["message"]
     assert seen["client_deadline"]["code"] == "DEADLINE_EXCEEDED"
     assert metric(guarded, "hookserve_requests_total", model="slow", code="504") >= before + 1
+
+
+def test_a_corrupt_message_is_invalid_argument_on_the_wire(live_server_process: ServerProcess) -> None:
+    """Not a ModelInferRequest at all: the client's mistake, so INVALID_ARGUMENT, never UNKNOWN."""
+    with grpc.insecure_channel(f"127.0.0.1:{live_server_process.grpc_port}") as channel:
+        unary = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as failed:
+            unary(b"\xff\xff\xff", timeout=30)
+        stream = channel.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            response_deserializer=stream_pb.ModelStreamInferResponse.FromString,
+        )
+        (answer,) = list(stream(iter([b"\xff\xff\xff"]), timeout=30))
+    assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid ModelInferRequest" in failed.value.details()
+    assert answer.error_message.startswith("INVALID_ARGUMENT: the message is not a valid ModelInferRequest")

@@ -21,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from service.grpc.endpoint import GrpcEndpoint
 from service.grpc.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from service.grpc.repository import RepositoryMethods
-from service.grpc.service import SERVICE_NAME, InferenceService, stream_handler
+from service.grpc.service import SERVICE_NAME, InferenceService, inference_handlers
 
 if TYPE_CHECKING:
     from service.http.route_table import RouteTable
@@ -121,7 +121,7 @@ async def start_grpc(
     service.tracer = tracer
     handlers = {
         **servicer_handlers(service),
-        "ModelStreamInfer": stream_handler(service),
+        **inference_handlers(service),
         **repository.method_handlers(),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from service.grpc.proto import grpc_predict_v2_pb2 as pb
 from service.grpc.proto import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -59,13 +60,18 @@ STREAM_IN_FLIGHT = 64  # requests of one ModelStreamInfer stream in progress at 
 AUTH_MESSAGE = "missing or invalid API key: send the metadata 'authorization: Bearer <key>'"
 
 
-def stream_handler(service: InferenceService) -> grpc.RpcMethodHandler:
-    """``ModelStreamInfer``'s handler: KServe's proto (the generated servicer) has no streaming method."""
-    return grpc.stream_stream_rpc_method_handler(
-        service.ModelStreamInfer,
-        request_deserializer=pb.ModelInferRequest.FromString,
-        response_serializer=stream_pb.ModelStreamInferResponse.SerializeToString,
-    )
+def inference_handlers(service: InferenceService) -> dict[str, grpc.RpcMethodHandler]:
+    """The two inference methods, taking the request's bytes: the service parses them itself, so a
+    corrupt message is INVALID_ARGUMENT (grpc's own deserializer would answer UNKNOWN). KServe's proto
+    (the generated servicer) has no ``ModelStreamInfer``."""
+    return {
+        "ModelInfer": grpc.unary_unary_rpc_method_handler(
+            service.infer_bytes, response_serializer=pb.ModelInferResponse.SerializeToString
+        ),
+        "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
+            service.ModelStreamInfer, response_serializer=stream_pb.ModelStreamInferResponse.SerializeToString
+        ),
+    }
 
 
 def grpc_code(status: int) -> grpc.StatusCode:
@@ -162,7 +168,17 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             await context.abort(grpc_code(failure.status), failure.message, (("x-request-id", request_id),))
             raise  # abort raises; this line only tells type checkers so
 
-    async def ModelStreamInfer(self, requests: AsyncIterator[pb.ModelInferRequest], context) -> None:
+    async def infer_bytes(self, data: bytes, context) -> pb.ModelInferResponse:
+        """``ModelInfer`` as served: the message parsed here (see :func:`inference_handlers`)."""
+        try:
+            request = self._parse(data)
+        except _Failed as failure:
+            trailing = (("x-request-id", request_id_of(context)),)
+            await context.abort(grpc_code(failure.status), failure.message, trailing)
+            raise  # abort raises; this line only tells type checkers so
+        return await self.ModelInfer(request, context)
+
+    async def ModelStreamInfer(self, requests: AsyncIterator[bytes], context) -> None:
         """Triton's bidirectional stream: every request on it is answered on it as soon as its answer is
         ready, so answers may overtake each other (a client matches them by ``id``).
 
@@ -177,33 +193,51 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
         writing = asyncio.Lock()  # one write at a time on a call
 
-        async def answer(request: pb.ModelInferRequest) -> None:
+        async def answer(data: bytes) -> None:
             try:
-                request_id = sane_request_id(request.id.encode(errors="replace") if request.id else None)
-                try:
-                    response = await self._answer(request, context, request_id, "ModelStreamInfer")
-                    message = stream_pb.ModelStreamInferResponse(infer_response=response)
-                except _Failed as failure:
-                    message = stream_pb.ModelStreamInferResponse(
-                        error_message=f"{grpc_code(failure.status).name}: {failure.message} "
-                        f"(request id {request_id})",
-                        infer_response=pb.ModelInferResponse(
-                            model_name=request.model_name,
-                            model_version=request.model_version,
-                            id=request.id or request_id,  # the id the client matches on, as for an answer
-                        ),
-                    )
-                # Every answer is its request's last (no decoupled models): Triton's flag says so.
-                message.infer_response.parameters[FINAL_RESPONSE].bool_param = True
+                message = await self._stream_answer(data, context)
                 async with writing:
                     await context.write(message)
             finally:
                 slots.release()
 
         async with asyncio.TaskGroup() as group:  # the client leaving cancels what is still running
-            async for request in requests:
+            async for data in requests:
                 await slots.acquire()
-                group.create_task(answer(request))
+                group.create_task(answer(data))
+
+    async def _stream_answer(self, data: bytes, context) -> stream_pb.ModelStreamInferResponse:
+        """The one answer to one request of a stream: its response, or its error in ``error_message``."""
+        request, request_id = pb.ModelInferRequest(), ""
+        try:
+            request = self._parse(data)
+            request_id = sane_request_id(request.id.encode(errors="replace") if request.id else None)
+            response = await self._answer(request, context, request_id, "ModelStreamInfer")
+            message = stream_pb.ModelStreamInferResponse(infer_response=response)
+        except _Failed as failure:
+            request_id = request_id or sane_request_id(None)
+            message = stream_pb.ModelStreamInferResponse(
+                error_message=f"{grpc_code(failure.status).name}: {failure.message} "
+                f"(request id {request_id})",
+                infer_response=pb.ModelInferResponse(
+                    model_name=request.model_name,
+                    model_version=request.model_version,
+                    id=request.id or request_id,  # the id the client matches on, as for an answer
+                ),
+            )
+        # Every answer is its request's last (no decoupled models): Triton's flag says so.
+        message.infer_response.parameters[FINAL_RESPONSE].bool_param = True
+        return message
+
+    def _parse(self, data: bytes) -> pb.ModelInferRequest:
+        """The request message, or :class:`_Failed` (400, counted) when its encoding is corrupt."""
+        try:
+            return pb.ModelInferRequest.FromString(data)
+        except DecodeError:
+            self._unknown.record(400, 0.0)
+            raise _Failed(
+                400, "the message is not a valid ModelInferRequest: its encoding is corrupt"
+            ) from None
 
     async def _answer(
         self, request: pb.ModelInferRequest, context, request_id: str, method: str
